@@ -1,0 +1,46 @@
+# Two commands for a new user: `make demo` (set up + run the main job) and `make test`.
+# VENV may point at an existing environment to reuse it (e.g. make test VENV=/opt/ls-venv).
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(abspath $(VENV))/bin/python
+STAMP := $(abspath $(VENV))/.ls_plugins-installed
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+FAIRSEQ_PIN := fairseq-fixed==0.12.3.1
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install system-deps test test-all demo bench clean
+
+install: $(STAMP)
+
+# torch first (fairseq-fixed builds against it), then fairseq's real deps, then fairseq-fixed
+# without build isolation or its own pins, then this package (editable).
+$(STAMP): setup.py requirements.txt
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(TORCH_PINS)
+	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-build-isolation --no-deps $(FAIRSEQ_PIN)
+	$(PY) -m pip install --no-build-isolation --no-deps -e .
+	touch $(STAMP)
+
+# The offline es->en Bible corpus (Debian's SWORD modules) read with diatheke.
+system-deps:
+	@if ! command -v diatheke >/dev/null || ! diatheke -b system -k modulelist 2>/dev/null | grep -q spaRV1909eb \
+	    || ! diatheke -b system -k modulelist 2>/dev/null | grep -q engWEB2015eb; then \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq diatheke sword-text-sparv sword-text-web; \
+	fi
+
+test: install system-deps
+	$(PY) -m pytest -q tests
+
+test-all: install system-deps
+	$(PY) -m pytest -q -m "" tests
+
+demo: install system-deps
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/translation/bible/demo.sh work/demo
+
+bench: install
+	for b in benchmarks/*.py; do PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf work .pytest_cache

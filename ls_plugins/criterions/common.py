@@ -1,0 +1,81 @@
+"""Logging helpers shared by our criteria: loss/nll/ppl/accuracy and validation calibration.
+
+Every value a criterion logs is a flat scalar that is correct when summed over batches and
+workers (fairseq sums logging outputs before ``reduce_metrics``).  Calibration is logged as
+per-bin sums under keys starting with ``_`` (fairseq hides those from the progress bar) and ECE
+is derived from the summed bins, never averaged.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from fairseq import utils
+from fairseq.logging import metrics
+
+from ..calibration import CalibrationStats, ece_from_bin_sums
+
+CAL_KEYS = ("_cal_count_", "_cal_conf_", "_cal_correct_")
+
+
+def calibration_logging_output(lprobs: torch.Tensor, target: torch.Tensor, padding_idx: int,
+                               n_bins: int) -> dict:
+    """Per-bin sums of next-token confidence/accuracy over non-pad positions, as flat floats."""
+    stats = CalibrationStats(n_bins)
+    stats.update(lprobs, target, ignore_index=padding_idx)
+    output = {}
+    for prefix, values in zip(CAL_KEYS, (stats.counts, stats.conf_sums, stats.correct_sums)):
+        output.update({f"{prefix}{i}": float(v) for i, v in enumerate(values.tolist())})
+    return output
+
+
+def accuracy_logging_output(lprobs: torch.Tensor, target: torch.Tensor, padding_idx: int) -> dict:
+    mask = target.ne(padding_idx)
+    n_correct = lprobs.argmax(-1).masked_select(mask).eq(target.masked_select(mask)).sum()
+    return {"n_correct": utils.item(n_correct.data), "total": utils.item(mask.sum().data)}
+
+
+def _summed(logging_outputs, key) -> float:
+    return utils.item(sum(log.get(key, 0) for log in logging_outputs))
+
+
+def reduce_loss_metrics(logging_outputs, extra_token_sums: tuple[str, ...] = ()) -> None:
+    """loss (per sample_size) and nll_loss (per token) in base 2 like fairseq, ppl, accuracy.
+
+    ``extra_token_sums`` names further per-token sums to log in base 2 (e.g. a soft-target term).
+    """
+    loss_sum = _summed(logging_outputs, "loss")
+    nll_loss_sum = _summed(logging_outputs, "nll_loss")
+    ntokens = _summed(logging_outputs, "ntokens")
+    sample_size = _summed(logging_outputs, "sample_size")
+    metrics.log_scalar("loss", loss_sum / sample_size / math.log(2), sample_size, round=3)
+    metrics.log_scalar("nll_loss", nll_loss_sum / ntokens / math.log(2), ntokens, round=3)
+    metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
+    for key in extra_token_sums:
+        metrics.log_scalar(key, _summed(logging_outputs, key) / ntokens / math.log(2), ntokens, round=3)
+
+    total = _summed(logging_outputs, "total")
+    if total > 0:
+        metrics.log_scalar("total", total)
+        metrics.log_scalar("n_correct", _summed(logging_outputs, "n_correct"))
+        metrics.log_derived(
+            "accuracy",
+            lambda meters: round(meters["n_correct"].sum * 100.0 / meters["total"].sum, 3)
+            if meters["total"].sum > 0 else float("nan"))
+    reduce_calibration_metrics(logging_outputs)
+
+
+def reduce_calibration_metrics(logging_outputs) -> None:
+    """Sum the per-bin calibration statistics and derive ``ece`` from the sums (validation only)."""
+    if not logging_outputs or f"{CAL_KEYS[0]}0" not in logging_outputs[0]:
+        return
+    n_bins = sum(1 for key in logging_outputs[0] if key.startswith(CAL_KEYS[0]))
+    for prefix in CAL_KEYS:
+        for i in range(n_bins):
+            metrics.log_scalar_sum(f"{prefix}{i}", _summed(logging_outputs, f"{prefix}{i}"))
+
+    def ece(meters) -> float:
+        counts, confs, corrects = ([meters[f"{prefix}{i}"].sum for i in range(n_bins)]
+                                   for prefix in CAL_KEYS)
+        return round(ece_from_bin_sums(counts, confs, corrects), 4)
+    metrics.log_derived("ece", ece)

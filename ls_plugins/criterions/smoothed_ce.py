@@ -1,0 +1,128 @@
+"""``--criterion smoothed_ce``: cross entropy against label-smoothed targets (paper section 1.1).
+
+A thin fairseq wrapper around :func:`ls_plugins.losses.smoothed_nll_from_lprobs`.  The smoothing
+follows the paper, ``y (1 - alpha) + alpha * prior`` with ``prior`` uniform over all ``K`` symbols
+of the target dictionary (or the dictionary's unigram frequencies).  fairseq's built-in
+``label_smoothed_cross_entropy --label-smoothing eps`` gives the same loss for
+``eps = alpha (K - 1) / K``.
+"""
+from dataclasses import dataclass, field
+
+import torch
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from omegaconf import II
+
+from .. import options
+from ..calibration import DEFAULT_BINS, check_bins
+from ..losses import check_probability, smoothed_nll_from_lprobs, unigram_prior
+from .common import accuracy_logging_output, calibration_logging_output, reduce_loss_metrics
+
+SMOOTHING_PRIORS = ("uniform", "unigram")
+
+
+@dataclass
+class SmoothedCrossEntropyConfig(FairseqDataclass):
+    label_smoothing: float = field(
+        default=0.0,
+        metadata={"help": "alpha in [0, 1): train against y(1-alpha) + alpha*prior (the paper's "
+                          "definition; NOT fairseq's eps/(V-1) form)"})
+    smoothing_prior: ChoiceEnum(SMOOTHING_PRIORS) = field(
+        default="uniform",
+        metadata={"help": "where the smoothing mass goes: uniform (1/K over the whole target "
+                          "dictionary) or unigram (target-dictionary frequencies, Pereyra et al. 2017)"})
+    report_accuracy: bool = field(default=False, metadata={"help": "report next-token accuracy"})
+    ignore_prefix_size: int = field(default=0, metadata={"help": "ignore the first N target tokens"})
+    calibration_bins: int = field(
+        default=DEFAULT_BINS,
+        metadata={"help": "equal-width bins (>= 1) for the token-level ECE logged on validation"})
+    sentence_avg: bool = II("optimization.sentence_avg")
+
+
+def validate_common_options(label_smoothing: float, calibration_bins: int, ignore_prefix_size: int) -> None:
+    check_probability("--label-smoothing", label_smoothing, upper_inclusive=False)
+    check_bins(calibration_bins)
+    if ignore_prefix_size < 0:
+        raise ValueError(f"--ignore-prefix-size must be an integer >= 0, got {ignore_prefix_size}")
+
+
+COMMON_CHECKS = {
+    "--label-smoothing": options.probability("--label-smoothing"),
+    "--calibration-bins": options.int_at_least("--calibration-bins", 1),
+    "--ignore-prefix-size": options.int_at_least("--ignore-prefix-size", 0),
+}
+
+
+class LabelSmoothingCriterionBase(FairseqCriterion):
+    """Shared plumbing: lprobs/target with prefix removal, logging of accuracy and calibration."""
+
+    def __init__(self, task, sentence_avg, label_smoothing=0.0, report_accuracy=False,
+                 ignore_prefix_size=0, calibration_bins=DEFAULT_BINS):
+        super().__init__(task)
+        validate_common_options(label_smoothing, calibration_bins, ignore_prefix_size)
+        self.sentence_avg = sentence_avg
+        self.alpha = label_smoothing
+        self.report_accuracy = report_accuracy
+        self.ignore_prefix_size = ignore_prefix_size
+        self.calibration_bins = calibration_bins
+
+    def lprobs_and_target(self, model, net_output, sample):
+        lprobs = model.get_normalized_probs(net_output, log_probs=True)
+        target = model.get_targets(sample, net_output)
+        if self.ignore_prefix_size > 0:
+            lprobs = lprobs[:, self.ignore_prefix_size:, :].contiguous()
+            target = target[:, self.ignore_prefix_size:].contiguous()
+        return lprobs.view(-1, lprobs.size(-1)), target.view(-1)
+
+    def base_logging_output(self, model, sample, lprobs, target, loss, nll_loss) -> tuple[int, dict]:
+        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        output = {"loss": loss.data, "nll_loss": nll_loss.data, "ntokens": sample["ntokens"],
+                  "nsentences": sample["target"].size(0), "sample_size": sample_size}
+        with torch.no_grad():
+            if self.report_accuracy:
+                output.update(accuracy_logging_output(lprobs, target, self.padding_idx))
+            if not model.training:
+                output.update(calibration_logging_output(lprobs, target, self.padding_idx,
+                                                         self.calibration_bins))
+        return sample_size, output
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True
+
+
+@register_criterion("smoothed_ce", dataclass=SmoothedCrossEntropyConfig)
+class SmoothedCrossEntropyCriterion(LabelSmoothingCriterionBase):
+    def __init__(self, task, sentence_avg, label_smoothing=0.0, smoothing_prior="uniform",
+                 report_accuracy=False, ignore_prefix_size=0, calibration_bins=DEFAULT_BINS):
+        super().__init__(task, sentence_avg, label_smoothing, report_accuracy,
+                         ignore_prefix_size, calibration_bins)
+        smoothing_prior = str(getattr(smoothing_prior, "value", smoothing_prior))
+        if smoothing_prior not in SMOOTHING_PRIORS:
+            raise ValueError(f"--smoothing-prior must be one of {', '.join(SMOOTHING_PRIORS)}, "
+                             f"got {smoothing_prior!r}")
+        prior = None
+        if smoothing_prior == "unigram":
+            prior = unigram_prior(task.target_dictionary.count)
+        self.register_buffer("prior", prior, persistent=False)
+
+    @classmethod
+    def add_args(cls, parser):
+        super().add_args(parser)
+        options.install_checks(parser, {
+            **COMMON_CHECKS,
+            "--smoothing-prior": options.one_of("--smoothing-prior", SMOOTHING_PRIORS)})
+
+    def forward(self, model, sample, reduce=True):
+        net_output = model(**sample["net_input"])
+        lprobs, target = self.lprobs_and_target(model, net_output, sample)
+        loss, nll_loss = smoothed_nll_from_lprobs(
+            lprobs, target, self.alpha, prior=self.prior, ignore_index=self.padding_idx,
+            reduction="sum" if reduce else "none")
+        sample_size, logging_output = self.base_logging_output(model, sample, lprobs, target,
+                                                               loss, nll_loss)
+        return loss, sample_size, logging_output
+
+    @classmethod
+    def reduce_metrics(cls, logging_outputs) -> None:
+        reduce_loss_metrics(logging_outputs)

@@ -1,0 +1,88 @@
+"""Every figure of the package (matplotlib, Agg backend; the only module that imports matplotlib).
+
+Each function takes plain numbers/dicts (e.g. ``CalibrationStats.to_dict()``) and writes a PNG
+atomically (temporary file, then rename).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def save_figure(fig, path: str) -> None:
+    """Write ``fig`` to ``path`` as PNG via a temporary file in the same directory, then close it."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def reliability_diagram(curves: Mapping[str, dict], path: str, title: str = "Reliability diagram") -> None:
+    """Accuracy against confidence per bin, one line per curve, against the diagonal (paper Fig. 2/3).
+
+    ``curves`` maps a label (e.g. ``"hard targets"``, ``"hard + T=1.9"``, ``"LS 0.05"``) to a
+    ``CalibrationStats.to_dict()``; the legend shows each curve's ECE.  Curves are drawn in
+    order; the first without markers and the rest with markers, as in the paper.
+    """
+    fig, ax = plt.subplots(figsize=(4.8, 4.5))
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
+    markers = [None, "x", "o", "s", "^", "v", "d"]
+    for i, (label, stats) in enumerate(curves.items()):
+        points = [(b["confidence"], b["accuracy"]) for b in stats["bins"] if b["count"]]
+        if not points:
+            continue
+        xs, ys = zip(*points)
+        ece = stats.get("ece")
+        name = f"{label} (ECE {ece:.3f})" if ece is not None else label
+        ax.plot(xs, ys, marker=markers[i % len(markers)], linewidth=1.5, label=name)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def temperature_sweep(results: Sequence[dict], path: str) -> None:
+    """Paper Fig. 4: BLEU and ECE against T per model, and NLL against T for all models.
+
+    ``results`` rows hold ``model``, ``temperature``, ``bleu``, ``ece`` and ``nll``.  The first
+    model is drawn without markers, later ones with markers (the paper: hard targets plain,
+    label smoothing with markers).
+    """
+    models = list(dict.fromkeys(r["model"] for r in results))
+    fig, axes = plt.subplots(1, len(models) + 1, figsize=(4.2 * (len(models) + 1), 3.6))
+    markers = [None, "o", "s", "^", "d"]
+    for i, model in enumerate(models):
+        rows = sorted((r for r in results if r["model"] == model), key=lambda r: r["temperature"])
+        ts = [r["temperature"] for r in rows]
+        marker = markers[i % len(markers)]
+        ax = axes[i]
+        ax.plot(ts, [r["bleu"] for r in rows], color="tab:blue", marker=marker)
+        ax.set_xlabel("temperature T")
+        ax.set_ylabel("BLEU", color="tab:blue")
+        ax.set_title(model)
+        twin = ax.twinx()
+        twin.plot(ts, [r["ece"] for r in rows], color="tab:red", marker=marker)
+        twin.set_ylabel("ECE", color="tab:red")
+        axes[-1].plot(ts, [r["nll"] for r in rows], color="black", marker=marker, label=model)
+    axes[-1].set_xlabel("temperature T")
+    axes[-1].set_ylabel("NLL (nats/token)")
+    axes[-1].set_title("NLL")
+    axes[-1].legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)

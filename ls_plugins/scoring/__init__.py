@@ -1,0 +1,1 @@
+"""fairseq scorers (the calibration report)."""
