@@ -109,7 +109,7 @@ class CalibrationStats:
         logits, target = _flatten(logits, target, ignore_index)
         if target.numel() == 0:
             return
-        z = logits.float()
+        z = logits if logits.dtype == torch.float64 else logits.float()
         if temperature != 1.0:
             z = z / temperature
         log_norm = torch.logsumexp(z, dim=-1)
@@ -125,7 +125,8 @@ class CalibrationStats:
         probs, target = _flatten(probs, target, ignore_index)
         if target.numel() == 0:
             return
-        probs = probs.float()
+        if probs.dtype != torch.float64:
+            probs = probs.float()
         confidence, prediction = probs.max(dim=-1)
         p_true = probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
         self._accumulate(confidence, prediction.eq(target), -p_true.clamp_min(1e-45).log(),

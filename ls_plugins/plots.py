@@ -5,6 +5,7 @@ atomically (temporary file, then rename).
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from typing import Mapping, Sequence
@@ -13,6 +14,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's INFO logging is noisy here
 
 
 def save_figure(fig, path: str) -> None:

@@ -1,1 +1,2 @@
-"""fairseq scorers (the calibration report)."""
+"""fairseq scorers: ``calibration`` (sacreBLEU plus the calibration report)."""
+from . import calibration  # noqa: F401

@@ -1,1 +1,2 @@
-"""fairseq tasks (the calibration-scoring translation task)."""
+"""fairseq tasks: ``translation_calibration`` (teacher-forced calibration in fairseq-generate)."""
+from . import translation_calibration  # noqa: F401

@@ -1,0 +1,33 @@
+"""``--scoring calibration``: sacreBLEU plus the token-level calibration line.
+
+fairseq-generate prints ``scorer.result_string()`` once at the end; this scorer computes BLEU
+with sacrebleu (exactly like ``--scoring sacrebleu``, same ``--sacrebleu-*`` options) and appends
+the calibration summary of ``--task translation_calibration``::
+
+    Generate test with beam=5: BLEU = 27.10 58.2/33.1/20.8/13.4 (BP = ...)
+    Calibration | T 1.00 | bins 15 | tokens 12345 | ECE 0.0312 | MCE ... | NLL ... | acc ... | conf ...
+"""
+from dataclasses import dataclass
+
+from fairseq.scoring import register_scorer
+from fairseq.scoring.bleu import SacrebleuConfig, SacrebleuScorer
+
+from .. import options
+from ..tasks import translation_calibration
+
+
+@dataclass
+class CalibrationScorerConfig(SacrebleuConfig):
+    pass
+
+
+@register_scorer("calibration", dataclass=CalibrationScorerConfig)
+class CalibrationScorer(SacrebleuScorer):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.task = translation_calibration.ACTIVE_TASK
+        if self.task is None:
+            options.exit_with_error("--scoring calibration needs --task translation_calibration")
+
+    def result_string(self, order=4):
+        return f"{super().result_string(order)}\n{self.task.calibration_report()}"

@@ -1,0 +1,141 @@
+"""``--task translation_calibration``: fairseq-generate with token-level calibration scoring.
+
+Paper section 3 (Table 3, Fig. 3).  For every batch, after beam search (or sampling) has produced
+its hypotheses, the task runs the model(s) once more *teacher-forced* on the reference and adds
+the next-token predictions at every non-pad target position (EOS included), at the generation
+temperature ``--temperature`` (logits / T; ensembles average probabilities as fairseq does), to
+a :class:`~ls_plugins.calibration.CalibrationStats`.  The hypotheses are untouched.
+
+``--scoring calibration`` reports the statistics at the end next to sacreBLEU (see
+:mod:`ls_plugins.scoring.calibration`); the task writes the JSON and the reliability diagram.
+"""
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from fairseq.tasks import register_task
+from fairseq.tasks.translation import TranslationConfig, TranslationTask
+
+from .. import options
+from ..calibration import DEFAULT_BINS, CalibrationStats, check_bins, fit_temperature
+from ..teacher_forcing import decoder_logits, ensemble_log_probs
+
+# The task instance of this process whose statistics the ``calibration`` scorer reports: fairseq
+# builds the scorer from its own config only, so the two meet here.
+ACTIVE_TASK = None
+
+
+@dataclass
+class TranslationCalibrationConfig(TranslationConfig):
+    calibration_bins: int = field(
+        default=DEFAULT_BINS, metadata={"help": "number of equal-width confidence bins (>= 1)"})
+    calibration_adaptive: bool = field(
+        default=False, metadata={"help": "also report the equal-mass (adaptive) ECE; keeps one "
+                                         "confidence per target token in memory"})
+    calibration_json: Optional[str] = field(
+        default=None, metadata={"help": "write the full calibration statistics (with bins) here"})
+    calibration_plot: Optional[str] = field(
+        default=None, metadata={"help": "write a reliability diagram PNG here"})
+    calibration_fit_temperature: bool = field(
+        default=False, metadata={"help": "also find the temperature minimising NLL on this set; "
+                                         "keeps every target token's log-probabilities (float16, "
+                                         "2 bytes x vocabulary per token) in memory"})
+
+
+def check_writable(option: str, path: Optional[str]) -> None:
+    """Exit with a one-line error unless ``path``'s directory exists and is writable."""
+    if path is None:
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK) or os.path.isdir(path):
+        options.exit_with_error(f"{option}: cannot write {path} (directory missing or not writable)")
+
+
+def write_json_atomic(path: str, data: dict) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@register_task("translation_calibration", dataclass=TranslationCalibrationConfig)
+class TranslationCalibrationTask(TranslationTask):
+    cfg: TranslationCalibrationConfig
+
+    def __init__(self, cfg: TranslationCalibrationConfig, src_dict, tgt_dict):
+        super().__init__(cfg, src_dict, tgt_dict)
+        check_bins(cfg.calibration_bins)
+        check_writable("--calibration-json", cfg.calibration_json)
+        check_writable("--calibration-plot", cfg.calibration_plot)
+        self.temperature = 1.0
+        self.scored_subset = None
+        self.calibration = CalibrationStats(cfg.calibration_bins, adaptive=cfg.calibration_adaptive)
+        self._fit_log_probs = []
+        self._fit_targets = []
+        global ACTIVE_TASK
+        ACTIVE_TASK = self
+
+    @classmethod
+    def add_args(cls, parser):
+        super().add_args(parser)
+        options.install_checks(parser, {
+            "--calibration-bins": options.int_at_least("--calibration-bins", 1),
+            "--temperature": options.positive_float("--temperature"),
+        })
+
+    def load_dataset(self, split, epoch=1, combine=False, **kwargs):
+        self.scored_subset = split
+        return super().load_dataset(split, epoch=epoch, combine=combine, **kwargs)
+
+    def build_generator(self, models, args, *rest, **kwargs):
+        self.temperature = float(getattr(args, "temperature", 1.0))
+        return super().build_generator(models, args, *rest, **kwargs)
+
+    def inference_step(self, generator, models, sample, prefix_tokens=None, constraints=None):
+        hypos = super().inference_step(generator, models, sample, prefix_tokens=prefix_tokens,
+                                       constraints=constraints)
+        if sample.get("target") is not None:
+            self.score_teacher_forced(models, sample)
+        return hypos
+
+    def score_teacher_forced(self, models, sample) -> None:
+        """Add the batch's teacher-forced next-token predictions at ``self.temperature``."""
+        lprobs = ensemble_log_probs(models, decoder_logits(models, sample), self.temperature)
+        target = sample["target"]
+        pad = self.target_dictionary.pad()
+        self.calibration.update(lprobs, target, ignore_index=pad)
+        if self.cfg.calibration_fit_temperature:
+            keep = target.ne(pad)
+            self._fit_log_probs.append(lprobs[keep].to(torch.float16).cpu())
+            self._fit_targets.append(target[keep].cpu())
+
+    def calibration_report(self) -> str:
+        """The one-line summary; writes the JSON and the PNG if asked."""
+        stats = self.calibration
+        result = {"temperature": self.temperature, "subset": self.scored_subset,
+                  **stats.to_dict()}
+        line = stats.summary(self.temperature)
+        if self.cfg.calibration_fit_temperature and self._fit_targets:
+            # temperature scaling applied on top of the generation temperature's log-probabilities
+            fitted = fit_temperature(torch.cat(self._fit_log_probs).float(),
+                                     torch.cat(self._fit_targets))
+            result["fitted_temperature"] = self.temperature * fitted
+            line += f" | NLL-optimal T {self.temperature * fitted:.3f}"
+        if self.cfg.calibration_json:
+            write_json_atomic(self.cfg.calibration_json, result)
+        if self.cfg.calibration_plot:
+            from ..plots import reliability_diagram
+            reliability_diagram({f"T={self.temperature:g}": result}, self.cfg.calibration_plot,
+                                title="Token-level reliability (teacher-forced)")
+        return line

@@ -1,0 +1,39 @@
+"""Teacher-forced next-token predictions of a fairseq model or ensemble (fairseq side).
+
+Paper section 3: token-level calibration is measured on next-token predictions *given the
+reference prefix*.  ``decoder_logits`` runs each model once on a batch with the reference as
+decoder input; ``ensemble_log_probs`` applies a temperature and averages the models'
+probabilities exactly as fairseq's beam search does:
+``log p = logsumexp_m log softmax(z_m / T) - log M``.  Any number of temperatures can be applied
+to the same logits, so a temperature sweep costs one forward pass.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+@torch.inference_mode()
+def decoder_logits(models: Sequence[torch.nn.Module], sample: dict) -> list[tuple]:
+    """Each model's decoder output ``(logits B x T x V, extra)`` with the reference as input."""
+    outputs = []
+    for model in models:
+        model.eval()
+        outputs.append(model(**sample["net_input"]))
+    return outputs
+
+
+@torch.inference_mode()
+def ensemble_log_probs(models: Sequence[torch.nn.Module], outputs: Sequence[tuple],
+                       temperature: float = 1.0) -> Tensor:
+    """Log-probabilities ``B x T x V`` of the ensemble at temperature ``T`` (float32)."""
+    log_probs = []
+    for model, (logits, *extra) in zip(models, outputs):
+        scaled = logits if temperature == 1.0 else logits / temperature
+        log_probs.append(model.get_normalized_probs((scaled, *extra), log_probs=True).float())
+    if len(log_probs) == 1:
+        return log_probs[0]
+    return torch.logsumexp(torch.stack(log_probs), dim=0) - math.log(len(log_probs))
