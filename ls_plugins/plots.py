@@ -25,6 +25,9 @@ def save_figure(fig, path: str) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
         os.replace(tmp, path)
     finally:
         plt.close(fig)
@@ -61,31 +64,37 @@ def reliability_diagram(curves: Mapping[str, dict], path: str, title: str = "Rel
 
 
 def temperature_sweep(results: Sequence[dict], path: str) -> None:
-    """Paper Fig. 4: BLEU and ECE against T per model, and NLL against T for all models.
+    """Paper Fig. 4: BLEU, ECE and NLL of beam search against the softmax temperature T.
 
-    ``results`` rows hold ``model``, ``temperature``, ``bleu``, ``ece`` and ``nll``.  The first
-    model is drawn without markers, later ones with markers (the paper: hard targets plain,
-    label smoothing with markers).
+    Left panel: BLEU (blue, left axis) and ECE (red, right axis); right panel: BLEU (blue) and NLL
+    (red).  One curve per model and metric; ``results`` rows hold ``model``, ``temperature``,
+    ``bleu``, ``ece`` and ``nll``.  Models keep their order of appearance: the first is drawn
+    without markers, the later ones with markers (the paper: hard targets plain, label smoothing
+    with markers).
     """
+    from matplotlib.lines import Line2D
+
     models = list(dict.fromkeys(r["model"] for r in results))
-    fig, axes = plt.subplots(1, len(models) + 1, figsize=(4.2 * (len(models) + 1), 3.6))
-    markers = [None, "o", "s", "^", "d"]
-    for i, model in enumerate(models):
-        rows = sorted((r for r in results if r["model"] == model), key=lambda r: r["temperature"])
-        ts = [r["temperature"] for r in rows]
-        marker = markers[i % len(markers)]
-        ax = axes[i]
-        ax.plot(ts, [r["bleu"] for r in rows], color="tab:blue", marker=marker)
+    markers = [None, "o", "s", "^", "d", "v", "x"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, (key, name) in zip(axes, [("ece", "ECE"), ("nll", "NLL (nats/token)")]):
+        twin = ax.twinx()
+        for i, model in enumerate(models):
+            rows = sorted((r for r in results if r["model"] == model), key=lambda r: r["temperature"])
+            ts = [r["temperature"] for r in rows]
+            marker = markers[i % len(markers)]
+            ax.plot(ts, [r["bleu"] for r in rows], color="tab:blue", marker=marker, markersize=5)
+            twin.plot(ts, [r[key] for r in rows], color="tab:red", marker=marker, markersize=5)
         ax.set_xlabel("temperature T")
         ax.set_ylabel("BLEU", color="tab:blue")
-        ax.set_title(model)
-        twin = ax.twinx()
-        twin.plot(ts, [r["ece"] for r in rows], color="tab:red", marker=marker)
-        twin.set_ylabel("ECE", color="tab:red")
-        axes[-1].plot(ts, [r["nll"] for r in rows], color="black", marker=marker, label=model)
-    axes[-1].set_xlabel("temperature T")
-    axes[-1].set_ylabel("NLL (nats/token)")
-    axes[-1].set_title("NLL")
-    axes[-1].legend(fontsize=8)
+        ax.tick_params(axis="y", colors="tab:blue")
+        twin.set_ylabel(name, color="tab:red")
+        twin.tick_params(axis="y", colors="tab:red")
+        ax.set_title(f"BLEU and {name.split()[0]}")
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color="black", marker=markers[i % len(markers)], label=model)
+               for i, model in enumerate(models)]
+    fig.legend(handles=handles, loc="upper center", ncol=len(models), fontsize=9,
+               bbox_to_anchor=(0.5, 1.06))
     fig.tight_layout()
     save_figure(fig, path)
