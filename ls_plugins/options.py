@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, NoReturn
 
 from .losses import check_probability, check_temperature
 
@@ -20,7 +20,7 @@ def prog_name() -> str:
     return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "ls_plugins"
 
 
-def exit_with_error(message: str) -> "NoReturn":  # noqa: F821
+def exit_with_error(message: str) -> NoReturn:
     """Print ``<prog>: error: <message>`` on stderr and exit with code 2."""
     print(f"{prog_name()}: error: {message}", file=sys.stderr)
     raise SystemExit(2)

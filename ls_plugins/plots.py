@@ -6,8 +6,6 @@ atomically (temporary file, then rename).
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from typing import Mapping, Sequence
 
 import matplotlib
@@ -15,24 +13,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .atomic import atomic_write  # noqa: E402
+
 logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's INFO logging is noisy here
 
 
 def save_figure(fig, path: str) -> None:
-    """Write ``fig`` to ``path`` as PNG via a temporary file in the same directory, then close it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
-    os.close(fd)
+    """Write ``fig`` to ``path`` as PNG atomically (temporary file, then rename), then close it."""
     try:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def reliability_diagram(curves: Mapping[str, dict], path: str, title: str = "Reliability diagram") -> None:

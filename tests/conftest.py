@@ -34,8 +34,8 @@ def command(name: str) -> str:
 def run(args, check=True, **kwargs) -> subprocess.CompletedProcess:
     """Run a command from the repository root, capturing text output."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    result = subprocess.run([str(a) for a in args], cwd=REPO, capture_output=True, text=True,
-                            env=env, **kwargs)
+    kwargs.setdefault("cwd", REPO)
+    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(f"command failed ({result.returncode}): {' '.join(map(str, args))}\n"
                              f"--- stdout\n{result.stdout[-4000:]}\n--- stderr\n{result.stderr[-4000:]}")

@@ -1,5 +1,4 @@
 """The smoothed_ce criterion: equivalence with fairseq's criteria, exact sharded ECE, end to end."""
-import math
 import re
 import sys
 
@@ -7,7 +6,7 @@ import pytest
 import torch
 from fairseq.logging import metrics
 
-from conftest import command, fairseq_setup, fairseq_train, first_batch, run
+from conftest import REPO, TINY_TRANSFORMER, command, fairseq_setup, fairseq_train, first_batch, run
 from ls_plugins.calibration import CalibrationStats
 
 
@@ -129,9 +128,11 @@ def test_end_to_end_train_generate_and_restore(bible, tmp_path):
                "--remove-bpe", "sentencepiece", "--max-len-b", "60"])
     bleu = re.search(r"Generate valid with beam=2: BLEU4 = ([0-9.]+)", gen.stdout)
     assert bleu, gen.stdout[-2000:]
-    # training continues from the checkpoint
-    resumed = fairseq_train(bible / "bin", tmp_path, "--criterion", "smoothed_ce", "--label-smoothing",
-                            "0.1", "--restore-file", checkpoint, max_update=70)
+    # training continues from the checkpoint; --user-dir as an absolute path from another directory
+    resumed = run([command("fairseq-train"), bible / "bin", "--user-dir", REPO / "ls_plugins",
+                   *TINY_TRANSFORMER, "--criterion", "smoothed_ce", "--label-smoothing", "0.1",
+                   "--restore-file", checkpoint, "--save-dir", tmp_path, "--max-update", "70"],
+                  cwd=tmp_path)
     assert "Loaded checkpoint" in resumed.stdout + resumed.stderr
     assert re.search(r"num_updates 70", resumed.stdout + resumed.stderr)
 
@@ -167,3 +168,9 @@ def test_bad_options_stop_with_one_line(bible, tmp_path, option, value):
     if option == "--label-smoothing":
         assert "[0, 1)" in errors[0]
     assert not (tmp_path / "ck").exists()
+
+
+def test_math_and_vision_never_import_fairseq():
+    code = ("import sys, ls_plugins, ls_plugins.losses, ls_plugins.calibration, ls_plugins.plots, "
+            "ls_plugins.vision; assert 'fairseq' not in sys.modules, 'fairseq imported'")
+    run([sys.executable, "-c", code], cwd="/")

@@ -10,10 +10,7 @@ a :class:`~ls_plugins.calibration.CalibrationStats`.  The hypotheses are untouch
 :mod:`ls_plugins.scoring.calibration`); the task writes the JSON and the reliability diagram.
 """
 
-import json
-import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -22,6 +19,7 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
 from .. import options
+from ..atomic import write_json
 from ..calibration import DEFAULT_BINS, CalibrationStats, check_bins, fit_temperature
 from ..teacher_forcing import decoder_logits, ensemble_log_probs
 
@@ -54,19 +52,6 @@ def check_writable(option: str, path: Optional[str]) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory) or not os.access(directory, os.W_OK) or os.path.isdir(path):
         options.exit_with_error(f"{option}: cannot write {path} (directory missing or not writable)")
-
-
-def write_json_atomic(path: str, data: dict) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @register_task("translation_calibration", dataclass=TranslationCalibrationConfig)
@@ -133,7 +118,7 @@ class TranslationCalibrationTask(TranslationTask):
             result["fitted_temperature"] = self.temperature * fitted
             line += f" | NLL-optimal T {self.temperature * fitted:.3f}"
         if self.cfg.calibration_json:
-            write_json_atomic(self.cfg.calibration_json, result)
+            write_json(self.cfg.calibration_json, result)
         if self.cfg.calibration_plot:
             from ..plots import reliability_diagram
             reliability_diagram({f"T={self.temperature:g}": result}, self.cfg.calibration_plot,

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from typing import Optional
 
@@ -40,6 +39,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from ls_plugins import calibration, losses, plots
+from ls_plugins.atomic import atomic_write, write_json
 from ls_plugins.vision import data, models
 
 PROG = "ls-vision"
@@ -376,32 +376,8 @@ def flat_metrics(result: dict) -> dict:
 
 
 # -- outputs -------------------------------------------------------------------------------------
-def atomic_write(path: str, write) -> None:
-    """``write(tmp_path)``, then rename over ``path``: readers never see a half-written file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_checkpoint(checkpoint: dict, path: str) -> None:
     atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
-
-
-def write_json(payload: dict, path: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=1)
-            handle.write("\n")
-    atomic_write(path, write)
 
 
 def rng_states() -> dict:
@@ -621,7 +597,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                       "scaler": scaler.state_dict(), "history": history,
                       "rng": gather_objects(rng_states(), world_size)}
         if is_main:
-            write_json(metrics, os.path.join(args.output_dir, METRICS))
+            write_json(os.path.join(args.output_dir, METRICS), metrics)
             save_checkpoint(checkpoint, os.path.join(args.output_dir, CHECKPOINT))
             if not args.quiet:
                 print(epoch_line(record, args.epochs, teacher is not None), flush=True)
@@ -634,7 +610,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     metrics["final"] = final
     metrics["epochs_trained"] = len(history)
     if is_main:
-        write_json(metrics, os.path.join(args.output_dir, METRICS))
+        write_json(os.path.join(args.output_dir, METRICS), metrics)
         draw_reliability(final, metrics["args"], os.path.join(args.output_dir, RELIABILITY),
                          f"{args.model} / {args.dataset} (test)")
         print_summary(metrics, args.output_dir, time.perf_counter() - started)
