@@ -42,10 +42,9 @@ def bin_sums(confidence: Tensor, correct: Tensor, n_bins: int = DEFAULT_BINS) ->
     confidence = confidence.detach().reshape(-1).double().cpu()
     correct = correct.detach().reshape(-1).double().cpu()
     index = (torch.bucketize(confidence, bin_edges(n_bins), right=False) - 1).clamp_(0, n_bins - 1)
-    counts = torch.bincount(index, minlength=n_bins).double()
-    conf_sums = torch.bincount(index, weights=confidence, minlength=n_bins)
-    correct_sums = torch.bincount(index, weights=correct, minlength=n_bins)
-    return counts, conf_sums, correct_sums
+    values = torch.stack([torch.ones_like(confidence), confidence, correct])
+    sums = torch.zeros(3, n_bins, dtype=torch.float64).scatter_add_(1, index.expand(3, -1), values)
+    return sums[0], sums[1], sums[2]
 
 
 def ece_from_bin_sums(counts, conf_sums, correct_sums) -> float:
@@ -112,13 +111,15 @@ class CalibrationStats:
         z = logits if logits.dtype == torch.float64 else logits.float()
         if temperature != 1.0:
             z = z / temperature
-        log_norm = torch.logsumexp(z, dim=-1)
+        # With m = max_k z_k and S = sum_k exp(z_k - m): confidence = 1/S, -log p_y = log S - (z_y - m)
+        # and sum_k p_k^2 = |exp(z - m)|^2 / S^2 -- a few passes over z, no log-sum-exp temporaries.
         top, prediction = z.max(dim=-1)
-        p_true = (z.gather(-1, target.unsqueeze(-1)).squeeze(-1) - log_norm)
-        # sum_k p_k^2 = exp(logsumexp(2 z) - 2 logsumexp(z))
-        sum_sq = torch.exp(torch.logsumexp(z * 2.0, dim=-1) - 2.0 * log_norm)
-        self._accumulate(torch.exp(top - log_norm), prediction.eq(target), -p_true,
-                         sum_sq - 2.0 * p_true.exp() + 1.0)
+        shifted = torch.sub(z, top.unsqueeze(-1)).exp_()
+        total = shifted.sum(-1)
+        sum_sq = torch.linalg.vector_norm(shifted, dim=-1).div_(total).square_()
+        nll = total.log() - (z.gather(-1, target.unsqueeze(-1)).squeeze(-1) - top)
+        self._accumulate(total.reciprocal(), prediction.eq(target), nll,
+                         sum_sq - 2.0 * torch.exp(-nll) + 1.0)
 
     def update_probs(self, probs: Tensor, target: Tensor, *, ignore_index: Optional[int] = None) -> None:
         """Add predictions given as probabilities (e.g. an ensemble's averaged softmax)."""
