@@ -78,6 +78,26 @@ def _flatten(logits: Tensor, target: Tensor, ignore_index: Optional[int]) -> tup
     return logits, target
 
 
+def _confidence_and_correct(probs: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(max_k p_k, p_y, argmax_k p_k == y)`` per row, without a full arg-max pass for large K.
+
+    The target is correct when its probability equals the maximum, unless another class ties
+    with it and comes first (arg-max picks the first).  Two classes can only tie at the maximum
+    when it is <= 1/2, so only those rows get an exact arg-max.
+    """
+    p_true = probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    if probs.size(-1) <= 64:  # few classes: torch's max-with-index is cheap
+        confidence, prediction = probs.max(dim=-1)
+        return confidence, p_true, prediction.eq(target)
+    confidence = probs.amax(dim=-1)
+    correct = p_true == confidence
+    maybe_tied = correct & (confidence <= 0.5)
+    if bool(maybe_tied.any()):
+        rows = maybe_tied.nonzero().squeeze(1)
+        correct[rows] = probs[rows].argmax(dim=-1) == target[rows]
+    return confidence, p_true, correct
+
+
 class CalibrationStats:
     """Streaming calibration statistics with O(n_bins) memory and exact merging.
 
@@ -111,15 +131,15 @@ class CalibrationStats:
         z = logits if logits.dtype == torch.float64 else logits.float()
         if temperature != 1.0:
             z = z / temperature
-        # With m = max_k z_k and S = sum_k exp(z_k - m): confidence = 1/S, -log p_y = log S - (z_y - m)
-        # and sum_k p_k^2 = |exp(z - m)|^2 / S^2 -- a few passes over z, no log-sum-exp temporaries.
-        top, prediction = z.max(dim=-1)
-        shifted = torch.sub(z, top.unsqueeze(-1)).exp_()
-        total = shifted.sum(-1)
-        sum_sq = torch.linalg.vector_norm(shifted, dim=-1).div_(total).square_()
-        nll = total.log() - (z.gather(-1, target.unsqueeze(-1)).squeeze(-1) - top)
-        self._accumulate(total.reciprocal(), prediction.eq(target), nll,
-                         sum_sq - 2.0 * torch.exp(-nll) + 1.0)
+        probs = torch.softmax(z, dim=-1)
+        confidence, p_true, correct = _confidence_and_correct(probs, target)
+        nll = -p_true.log()
+        underflow = p_true < 1e-30  # -log p_y from the logits where p_y is too small for log(p_y)
+        if bool(underflow.any()):
+            rows = underflow.nonzero().squeeze(1)
+            nll[rows] = -torch.log_softmax(z[rows], -1).gather(-1, target[rows, None]).squeeze(-1)
+        sum_sq = torch.linalg.vector_norm(probs, dim=-1).square_()
+        self._accumulate(confidence, correct, nll, sum_sq - 2.0 * p_true + 1.0)
 
     def update_probs(self, probs: Tensor, target: Tensor, *, ignore_index: Optional[int] = None) -> None:
         """Add predictions given as probabilities (e.g. an ensemble's averaged softmax)."""
@@ -128,9 +148,8 @@ class CalibrationStats:
             return
         if probs.dtype != torch.float64:
             probs = probs.float()
-        confidence, prediction = probs.max(dim=-1)
-        p_true = probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-        self._accumulate(confidence, prediction.eq(target), -p_true.clamp_min(1e-45).log(),
+        confidence, p_true, correct = _confidence_and_correct(probs, target)
+        self._accumulate(confidence, correct, -p_true.clamp_min(1e-45).log(),
                          probs.pow(2).sum(-1) - 2.0 * p_true + 1.0)
 
     def _accumulate(self, confidence: Tensor, correct: Tensor, nll: Tensor, brier: Tensor) -> None:

@@ -1,0 +1,287 @@
+"""ls-sweep: BLEU/NLL/ECE over beam-search temperatures (paper Fig. 4), end to end.
+
+The sweep is compared with the tools it must agree with, on the same data and options:
+``fairseq-generate --temperature T`` (BLEU line) with the calibration hook (NLL/ECE JSON), and
+``fairseq-validate`` (NLL at T = 1).
+"""
+import json
+import math
+import re
+import shutil
+
+import pytest
+
+from conftest import command, fairseq_train, run
+
+TEMPERATURES = (0.8, 1.0, 1.6)
+# as in test_generate_calibration.py: every sentence of the 100-sentence valid subset is scored
+GEN = ["--beam", "2", "--batch-size", "32", "--required-batch-size-multiple", "1", "--cpu",
+       "--gen-subset", "valid", "--remove-bpe", "sentencepiece", "--max-len-b", "25", "--seed", "3"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One OpenMP thread per subprocess: on 2 shared, busy cores two threads per process are
+    many times slower.  Both sides of every comparison run with the same setting."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        yield
+
+
+@pytest.fixture(scope="module")
+def hard_checkpoint(bible, tmp_path_factory):
+    """A tiny model trained with hard targets.  150 updates (~25 s): after 60-80 updates the tiny
+    model still emits one token repeatedly, whatever the temperature."""
+    save_dir = tmp_path_factory.mktemp("hard_model")
+    fairseq_train(bible / "bin", save_dir, "--criterion", "smoothed_ce", "--label-smoothing", "0",
+                  max_update=150)
+    return save_dir / "checkpoint_last.pt"
+
+
+def sweep(bible, out, *models, temperatures=TEMPERATURES, extra=(), check=True):
+    args = [command("ls-sweep"), bible / "bin", "--output-dir", out, *GEN, "--no-progress-bar",
+            "--temperatures", ",".join(map(str, temperatures)), *extra]
+    for label, path in models:
+        args += ["--model", f"{label}={path}"]
+    return run(args, check=check)
+
+
+@pytest.fixture(scope="module")
+def swept(bible, hard_checkpoint, ls_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "out"
+    result = sweep(bible, out, ("hard", hard_checkpoint), ("ls", ls_checkpoint))
+    return result, out, json.loads((out / "sweep.json").read_text())
+
+
+def point(summary, model, temperature):
+    return next(p for p in summary["points"]
+                if p["model"] == model and p["temperature"] == temperature)
+
+
+CALIBRATION_KEYS = ("nll", "ece", "mce", "brier", "confidence", "accuracy")
+
+
+def assert_same_calibration(ours, expected):
+    """Equal up to float32 rounding (separate processes may round matrix products differently)."""
+    assert ours["count"] == expected["count"]
+    for key in CALIBRATION_KEYS:
+        assert ours[key] == pytest.approx(expected[key], abs=1e-6), key
+
+
+def test_outputs_table_json_csv_png(swept):
+    result, out, summary = swept
+    assert [(p["model"], p["temperature"]) for p in summary["points"]] == \
+        [(m, t) for m in ("hard", "ls") for t in TEMPERATURES]
+    assert summary["sacrebleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|")
+    for p in summary["points"]:
+        assert p["tokens"] == p["calibration"]["count"] > 0 and p["sentences"] == 100
+        assert p["bleu_string"].startswith(f"BLEU = {p['bleu']:.2f} ")
+        assert math.isclose(p["nll_base2"], p["nll"] / math.log(2))
+    hard = [p for p in summary["points"] if p["model"] == "hard"]
+    assert len({p["bleu_string"] for p in hard}) > 1  # the temperature changes the beam search
+    assert summary["best"]["hard"]["nll"] == min(hard, key=lambda p: p["nll"])["temperature"]
+    assert summary["best"]["hard"]["ece"] == min(hard, key=lambda p: p["ece"])["temperature"]
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["model", "T", "BLEU", "NLL", "ECE", "conf", "acc"]
+    row = lines[1].split()
+    first = summary["points"][0]
+    assert row[:3] == ["hard", "0.8", f"{first['bleu']:.2f}"] and row[4] == f"{first['ece']:.4f}"
+    assert re.search(r"^hard: best ECE at T=[0-9.]+, best NLL at T=[0-9.]+, best BLEU at T=[0-9.]+$",
+                     result.stdout, re.M)
+    assert "sacreBLEU signature: nrefs:1" in result.stdout
+    csv_lines = (out / "sweep.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("model,temperature,bleu,nll,") and len(csv_lines) == 7
+    assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.iterdir()) == ["points.jsonl", "sweep.csv", "sweep.json",
+                                                     "sweep.png"]
+
+
+@pytest.mark.parametrize("temperature", [0.8, 1.6])
+def test_equals_fairseq_generate_with_calibration_hook(swept, bible, hard_checkpoint, tmp_path,
+                                                       temperature):
+    _, _, summary = swept
+    hook = tmp_path / "cal.json"
+    generated = run([command("fairseq-generate"), bible / "bin", "--user-dir", "ls_plugins",
+                     "--path", hard_checkpoint, *GEN, "--temperature", temperature,
+                     "--task", "translation_calibration", "--scoring", "calibration",
+                     "--calibration-json", hook])
+    bleu = re.search(r"^Generate valid with beam=2: (BLEU = .*)$", generated.stdout, re.M).group(1)
+    ours = point(summary, "hard", temperature)
+    assert ours["bleu_string"] == bleu
+    expected = json.loads(hook.read_text())
+    assert expected["temperature"] == temperature
+    assert_same_calibration(ours["calibration"], expected)
+    assert [b["count"] for b in ours["calibration"]["bins"]] == [b["count"] for b in expected["bins"]]
+
+
+def test_nll_at_t1_equals_fairseq_validate(swept, bible, hard_checkpoint):
+    _, _, summary = swept
+    validate = run([command("fairseq-validate"), bible / "bin", "--user-dir", "ls_plugins",
+                    "--task", "translation", "--path", hard_checkpoint, "--valid-subset", "valid",
+                    "--cpu", "--max-tokens", "3000", "--required-batch-size-multiple", "1"])
+    text = validate.stdout + validate.stderr
+    nll_base2 = float(re.search(r"valid on 'valid' subset \|.*?nll_loss ([0-9.]+)", text).group(1))
+    assert point(summary, "hard", 1.0)["nll_base2"] == pytest.approx(nll_base2, abs=6e-4)
+
+
+def test_batched_temperatures(swept, bible, hard_checkpoint, tmp_path):
+    """One beam search for all temperatures: BLEU within 0.1, NLL/ECE unchanged."""
+    _, _, summary = swept
+    sweep(bible, tmp_path / "batched", ("hard", hard_checkpoint), extra=["--temperature-batch", "3"])
+    batched = json.loads((tmp_path / "batched" / "sweep.json").read_text())
+    for t in TEMPERATURES:
+        ours, reference = point(batched, "hard", t), point(summary, "hard", t)
+        assert ours["bleu"] == pytest.approx(reference["bleu"], abs=0.1)
+        assert_same_calibration(ours["calibration"], reference["calibration"])
+
+
+def test_resume_skips_finished_points_and_refuses_to_mix_options(swept, bible, hard_checkpoint,
+                                                                 tmp_path):
+    _, _, summary = swept
+    out = tmp_path / "resumed"
+    sweep(bible, out, ("hard", hard_checkpoint), temperatures=[1.6])
+    first = (out / "points.jsonl").read_text()
+    again = sweep(bible, out, ("hard", hard_checkpoint), temperatures=[0.8, 1.6])
+    assert "reusing 1 finished point(s)" in again.stderr
+    lines = (out / "points.jsonl").read_text()
+    assert lines.startswith(first) and len(lines.splitlines()) == 2  # 1.6 was not recomputed
+    resumed = json.loads((out / "sweep.json").read_text())
+    for t in (0.8, 1.6):
+        assert point(resumed, "hard", t)["bleu_string"] == point(summary, "hard", t)["bleu_string"]
+        assert_same_calibration(point(resumed, "hard", t)["calibration"],
+                                point(summary, "hard", t)["calibration"])
+    # other options: recomputed, the earlier points are not mixed in
+    wider = sweep(bible, out, ("hard", hard_checkpoint), temperatures=[1.6], extra=["--beam", "3"])
+    assert "reusing 0 finished point(s)" in wider.stderr and "2 other point(s)" in wider.stderr
+    final = json.loads((out / "sweep.json").read_text())
+    assert [p["temperature"] for p in final["points"]] == [1.6]
+    assert final["config"]["hard"]["beam"] == 3
+
+
+@pytest.fixture(scope="module")
+def other_dictionary_checkpoint(bible, ls_checkpoint, tmp_path_factory):
+    """The LS checkpoint, as if trained on data whose dictionary has symbols 10 and 11 swapped.
+
+    Returns the checkpoint and symbol 10 of DATA's dictionary and of the checkpoint's."""
+    import torch
+
+    import ls_plugins  # noqa: F401  (allowlists fairseq's checkpoint globals)
+
+    root = tmp_path_factory.mktemp("other_dict")
+    data = root / "bin"
+    data.mkdir()
+    for lang in ("es", "en"):
+        symbols = (bible / "bin" / f"dict.{lang}.txt").read_text().splitlines()
+        ours = [line.split()[0] for line in symbols]
+        symbols[6], symbols[7] = symbols[7], symbols[6]  # file line i is symbol i + 4 (specials)
+        (data / f"dict.{lang}.txt").write_text("\n".join(symbols) + "\n")
+    state = torch.load(ls_checkpoint, weights_only=True)
+    state["cfg"]["task"]["data"] = str(data)
+    torch.save(state, root / "checkpoint.pt")
+    return root / "checkpoint.pt", ours[6], ours[7]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--temperatures", "0"], "--temperatures"),
+    (["--temperatures", ","], "--temperatures: no temperature given"),
+    (["--model", "hard=/nonexistent/checkpoint.pt", "--temperatures", "1"],
+     "--model hard: checkpoint /nonexistent/checkpoint.pt not found"),
+    (["--gen-subset", "nosuchsplit", "--temperatures", "1"], "--gen-subset nosuchsplit"),
+    (["--model", "other={other}", "--temperatures", "1"], "--model other"),
+])
+def test_bad_input_one_line_error_nothing_written(bible, ls_checkpoint, other_dictionary_checkpoint,
+                                                  tmp_path, extra, message):
+    other, ours, theirs = other_dictionary_checkpoint
+    out = tmp_path / "out"
+    result = run([command("ls-sweep"), bible / "bin", "--output-dir", out, "--model",
+                  f"ls={ls_checkpoint}", *GEN, *(a.format(other=other) for a in extra)], check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ls-sweep: error: "), result.stderr[-2000:]
+    assert message in lines[0] and "Traceback" not in result.stderr
+    if message == "--model other":
+        assert f"index 10: {theirs!r} vs {ours!r}" in lines[0]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--temperatures", "-1"], "--temperatures"),
+    (["--temperatures", "nan"], "--temperatures"),
+    (["--temperatures", "1,inf"], "--temperatures"),
+    (["--temperature-range", "2:1:0.5"], "--temperature-range: STOP must be >= START"),
+    (["--temperature-range", "0.5:2:0"], "--temperature-range"),
+    (["--temperature-range", "0.5:2"], "--temperature-range must be START:STOP:STEP"),
+    (["--temperatures", "1", "--beam", "0"], "--beam"),
+    (["--temperatures", "1", "--model", "no-label.pt"], "--model must be LABEL=PATH"),
+    (["--temperatures", "1", "--model", "ls=x.pt"], "--model: label 'ls' given twice"),
+    (["--temperatures", "1", "--sacrebleu-tokenizer", "moses"], "--sacrebleu-tokenizer"),
+    (["--model", "ls=x.pt"], "--temperatures: no temperature given"),
+    (["--temperatures", "1"], "the following arguments are required: --output-dir"),
+])
+def test_bad_command_line_in_process(ls_checkpoint, tmp_path, capsys, extra, message):
+    """The same checks, in-process (they all run before fairseq is imported)."""
+    from ls_plugins.sweep import main
+
+    argv = ["data", "--model", f"ls={ls_checkpoint}", *extra]
+    if "--output-dir" not in message:
+        argv += ["--output-dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "error: " in lines[0] and message in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_dir_that_is_a_file(bible, ls_checkpoint, tmp_path):
+    target = tmp_path / "file"
+    target.write_text("keep")
+    result = run([command("ls-sweep"), bible / "bin", "--output-dir", target, "--model",
+                  f"ls={ls_checkpoint}", "--temperatures", "1"], check=False)
+    assert result.returncode == 2 and "--output-dir" in result.stderr
+    assert target.read_text() == "keep"
+
+
+# -- the pieces, in-process -----------------------------------------------------------------------
+
+def test_parse_temperatures():
+    from ls_plugins.sweep import parse_temperatures
+
+    assert parse_temperatures(None, "0.5:2:0.25") == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
+    assert parse_temperatures("1.5, 0.7,1", "0.7:0.9:0.1") == [0.7, 0.8, 0.9, 1.0, 1.5]
+    assert parse_temperatures("2", "0.1:0.35:0.1") == [0.1, 0.2, 0.3, 2.0]
+
+
+def test_resume_file_survives_a_torn_line(tmp_path):
+    from ls_plugins.sweep import append_point, read_points
+
+    path = tmp_path / "points.jsonl"
+    append_point(str(path), {"model": "a", "temperature": 1.0})
+    with open(path, "a") as f:
+        f.write('{"model": "a", "temper')  # interrupted mid-write
+    append_point(str(path), {"model": "a", "temperature": 2.0})
+    assert read_points(str(path)) == [{"model": "a", "temperature": 1.0},
+                                      {"model": "a", "temperature": 2.0}]
+
+
+def test_dictionary_difference_names_index_and_symbols():
+    from ls_plugins.sweep import dictionary_difference
+
+    assert dictionary_difference(["<s>", "a", "b"], ["<s>", "a", "b"]) is None
+    assert dictionary_difference(["<s>", "a", "b"], ["<s>", "a", "c"]) == "index 2: 'c' vs 'b'"
+    assert dictionary_difference(["<s>", "a"], ["<s>", "a", "c"]) == \
+        "index 2: 'c' vs <end of dictionary>"
+
+
+def test_temperature_sweep_figure(tmp_path):
+    from ls_plugins.plots import temperature_sweep
+
+    rows = [{"model": m, "temperature": t, "bleu": 20 + t, "ece": abs(t - 1) / 10, "nll": 2 + t}
+            for m in ("hard", "ls") for t in (0.5, 1.0, 1.5)]
+    temperature_sweep(rows, str(tmp_path / "fig.png"))
+    assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["fig.png"]
+
+
+def test_recipe_is_valid_bash():
+    run([shutil.which("bash"), "-n", "examples/translation/bible/sweep.sh"])
