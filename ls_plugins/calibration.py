@@ -24,6 +24,7 @@ from torch import Tensor
 from .losses import check_temperature
 
 DEFAULT_BINS = 15
+SMALL_K = 64  # up to this many classes, per-row statistics come from element-wise passes
 
 
 def check_bins(n_bins: int) -> int:
@@ -86,7 +87,7 @@ def _confidence_and_correct(probs: Tensor, target: Tensor) -> tuple[Tensor, Tens
     when it is <= 1/2, so only those rows get an exact arg-max.
     """
     p_true = probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    if probs.size(-1) <= 64:  # few classes: torch's max-with-index is cheap
+    if probs.size(-1) <= SMALL_K:  # few classes: torch's max-with-index is cheap
         confidence, prediction = probs.max(dim=-1)
         return confidence, p_true, prediction.eq(target)
     confidence = probs.amax(dim=-1)
@@ -96,6 +97,23 @@ def _confidence_and_correct(probs: Tensor, target: Tensor) -> tuple[Tensor, Tens
         rows = maybe_tied.nonzero().squeeze(1)
         correct[rows] = probs[rows].argmax(dim=-1) == target[rows]
     return confidence, p_true, correct
+
+
+def _row_statistics_small_k(z: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(confidence, correct, nll, brier)`` per row from logits, for few classes.
+
+    With ``m = max_k z_k``, ``e_k = exp(z_k - m)`` and ``s = sum_k e_k``: confidence ``1/s``,
+    ``-log p_y = log s - (z_y - m)``, ``sum_k p_k^2 = sum_k e_k^2 / s^2``.  For small ``K``
+    torch's softmax kernel costs several times these element-wise passes.
+    """
+    top, prediction = z.max(dim=-1, keepdim=True)
+    e = (z - top).exp_()
+    s = e.sum(-1)
+    inv_s = s.reciprocal()
+    z_true = z.gather(-1, target.unsqueeze(-1)).squeeze(-1) - top.squeeze(-1)
+    p_true = z_true.exp() * inv_s
+    sum_sq = e.square_().sum(-1) * inv_s.square()
+    return inv_s, prediction.squeeze(-1).eq(target), s.log() - z_true, sum_sq - 2.0 * p_true + 1.0
 
 
 class CalibrationStats:
@@ -131,6 +149,9 @@ class CalibrationStats:
         z = logits if logits.dtype == torch.float64 else logits.float()
         if temperature != 1.0:
             z = z / temperature
+        if z.size(-1) <= SMALL_K:
+            self._accumulate(*_row_statistics_small_k(z, target))
+            return
         probs = torch.softmax(z, dim=-1)
         confidence, p_true, correct = _confidence_and_correct(probs, target)
         nll = -p_true.log()

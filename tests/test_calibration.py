@@ -36,9 +36,11 @@ def random_predictions(seed, n=5000, k=10, scale=3.0):
     return logits, target
 
 
-@pytest.mark.parametrize("seed,n_bins", [(0, 15), (1, 10), (2, 1), (3, 37)])
-def test_stats_match_numpy_reference(seed, n_bins):
-    logits, target = random_predictions(seed)
+# k = 10 takes update's few-classes path, k = 300 its softmax path
+@pytest.mark.parametrize("seed,n_bins,k", [(0, 15, 10), (1, 10, 10), (2, 1, 10), (3, 37, 10),
+                                           (4, 15, 300), (5, 37, 300)])
+def test_stats_match_numpy_reference(seed, n_bins, k):
+    logits, target = random_predictions(seed, k=k, scale=3.0 if k == 10 else 6.0)
     probs = torch.softmax(logits, -1)
     stats = CalibrationStats(n_bins)
     stats.update(logits, target)
