@@ -16,7 +16,7 @@ All sums are float64, so shards, batches and workers merge exactly (``a.merge(b)
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -24,7 +24,7 @@ from torch import Tensor
 from .losses import check_temperature
 
 DEFAULT_BINS = 15
-SMALL_K = 64  # up to this many classes, per-row statistics come from element-wise passes
+SMALL_K = 64  # up to this many classes a full arg-max pass is cheaper than avoiding it
 
 
 def check_bins(n_bins: int) -> int:
@@ -99,21 +99,59 @@ def _confidence_and_correct(probs: Tensor, target: Tensor) -> tuple[Tensor, Tens
     return confidence, p_true, correct
 
 
-def _row_statistics_small_k(z: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(confidence, correct, nll, brier)`` per row from logits, for few classes.
+def _predicted_many_classes(z: Tensor, target: Tensor, target_is_max: Tensor,
+                            tie_possible: Tensor) -> Tensor:
+    """``argmax_k z_k == y`` per row without an arg-max pass over every row.
 
-    With ``m = max_k z_k``, ``e_k = exp(z_k - m)`` and ``s = sum_k e_k``: confidence ``1/s``,
-    ``-log p_y = log s - (z_y - m)``, ``sum_k p_k^2 = sum_k e_k^2 / s^2``.  For small ``K``
-    torch's softmax kernel costs several times these element-wise passes.
+    The target is predicted when it is a maximum, unless an earlier class ties with it (arg-max
+    picks the first); a tie needs ``sum_k exp((z_k - max z) / T) >= 2`` (``tie_possible``), so
+    only those rows get an exact arg-max.
     """
-    top, prediction = z.max(dim=-1, keepdim=True)
-    e = (z - top).exp_()
-    s = e.sum(-1)
-    inv_s = s.reciprocal()
-    z_true = z.gather(-1, target.unsqueeze(-1)).squeeze(-1) - top.squeeze(-1)
-    p_true = z_true.exp() * inv_s
-    sum_sq = e.square_().sum(-1) * inv_s.square()
-    return inv_s, prediction.squeeze(-1).eq(target), s.log() - z_true, sum_sq - 2.0 * p_true + 1.0
+    correct = target_is_max.clone()
+    maybe_tied = correct & tie_possible
+    if bool(maybe_tied.any()):
+        rows = maybe_tied.nonzero().squeeze(1)
+        correct[rows] = z[rows].argmax(dim=-1) == target[rows]
+    return correct
+
+
+def update_at_temperatures(stats: Mapping[float, "CalibrationStats"], logits: Tensor,
+                           target: Tensor, *, ignore_index: Optional[int] = None) -> None:
+    """Add the predictions ``softmax(logits / T)`` to ``stats[T]`` for every temperature ``T``.
+
+    Shared by all temperatures: the arg-max, ``d_k = z_k - max_j z_j`` (0 at the maximum) and the
+    target's ``d_y``.  Then each temperature costs one scaled exponential, ``e_k = exp(d_k / T)``,
+    with ``s = sum_k e_k``: confidence ``1/s``, ``-log p_y = log s - d_y / T`` (no underflow),
+    and ``sum_k p_k^2 = sum_k e_k^2 / s^2`` for the Brier score.
+    """
+    for temperature in stats:
+        check_temperature("temperature", temperature)
+    logits, target = _flatten(logits, target, ignore_index)
+    if target.numel() == 0:
+        return
+    z = logits if logits.dtype == torch.float64 else logits.float()
+    if z.size(-1) <= SMALL_K:  # few classes: the maximum and the arg-max in one cheap pass
+        top, prediction = z.max(dim=-1, keepdim=True)
+        correct = prediction.squeeze(-1).eq(target)
+    else:
+        top, correct = z.amax(dim=-1, keepdim=True), None
+    shifted = z - top
+    shifted_true = shifted.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    e = shifted if len(stats) == 1 else torch.empty_like(shifted)  # one temperature: in place
+    for temperature, accumulator in stats.items():
+        if temperature == 1.0:
+            torch.exp(shifted, out=e)
+            true_scaled = shifted_true
+        else:
+            torch.mul(shifted, 1.0 / temperature, out=e).exp_()
+            true_scaled = shifted_true / temperature
+        s = e.sum(-1)
+        inv_s = s.reciprocal()
+        if correct is None:
+            correct = _predicted_many_classes(z, target, shifted_true == 0, s >= 2.0)
+        sum_sq = torch.linalg.vector_norm(e, dim=-1).square_().mul_(inv_s.square())
+        brier = sum_sq - 2.0 * true_scaled.exp() * inv_s + 1.0
+        accumulator._accumulate(inv_s, correct, s.log() - true_scaled, brier)
 
 
 class CalibrationStats:
@@ -142,25 +180,7 @@ class CalibrationStats:
     def update(self, logits: Tensor, target: Tensor, *, temperature: float = 1.0,
                ignore_index: Optional[int] = None) -> None:
         """Add predictions ``softmax(logits / T)`` (``... x K``) against ``target`` (``...``)."""
-        check_temperature("temperature", temperature)
-        logits, target = _flatten(logits, target, ignore_index)
-        if target.numel() == 0:
-            return
-        z = logits if logits.dtype == torch.float64 else logits.float()
-        if temperature != 1.0:
-            z = z / temperature
-        if z.size(-1) <= SMALL_K:
-            self._accumulate(*_row_statistics_small_k(z, target))
-            return
-        probs = torch.softmax(z, dim=-1)
-        confidence, p_true, correct = _confidence_and_correct(probs, target)
-        nll = -p_true.log()
-        underflow = p_true < 1e-30  # -log p_y from the logits where p_y is too small for log(p_y)
-        if bool(underflow.any()):
-            rows = underflow.nonzero().squeeze(1)
-            nll[rows] = -torch.log_softmax(z[rows], -1).gather(-1, target[rows, None]).squeeze(-1)
-        sum_sq = torch.linalg.vector_norm(probs, dim=-1).square_()
-        self._accumulate(confidence, correct, nll, sum_sq - 2.0 * p_true + 1.0)
+        update_at_temperatures({temperature: self}, logits, target, ignore_index=ignore_index)
 
     def update_probs(self, probs: Tensor, target: Tensor, *, ignore_index: Optional[int] = None) -> None:
         """Add predictions given as probabilities (e.g. an ensemble's averaged softmax)."""

@@ -377,25 +377,22 @@ def calibration_by_temperature(models, batches, temperatures, pad: int, n_bins: 
     """``{T: CalibrationStats}`` from one teacher-forced forward pass per batch.
 
     The generation hook's quantities (``ensemble_log_probs`` at ``T``, every non-pad target
-    position).  A single model whose output is a plain softmax is scored from its logits directly
-    (``CalibrationStats.update(..., temperature=T)``, padding dropped once per batch).
+    position).  A single model whose output is a plain softmax is scored from its logits for all
+    temperatures at once (:func:`~ls_plugins.calibration.update_at_temperatures`).
     """
-    from .calibration import CalibrationStats
+    from .calibration import CalibrationStats, update_at_temperatures
     from .teacher_forcing import decoder_logits, ensemble_log_probs
 
     stats = {t: CalibrationStats(n_bins) for t in temperatures}
     plain_softmax = len(models) == 1 and getattr(models[0].decoder, "adaptive_softmax", None) is None
     for sample in batches:
         outputs = decoder_logits(models, sample)
-        target = sample["target"]
         if plain_softmax:
-            keep = target.ne(pad)
-            logits, kept = outputs[0][0][keep], target[keep]
-            for t in temperatures:
-                stats[t].update(logits, kept, temperature=t)
+            update_at_temperatures(stats, outputs[0][0], sample["target"], ignore_index=pad)
         else:
             for t in temperatures:
-                stats[t].update(ensemble_log_probs(models, outputs, t), target, ignore_index=pad)
+                stats[t].update(ensemble_log_probs(models, outputs, t), sample["target"],
+                                ignore_index=pad)
     return stats
 
 

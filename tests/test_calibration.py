@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ls_plugins.calibration import (CalibrationStats, bin_sums, expected_calibration_error,
-                                    fit_temperature)
+                                    fit_temperature, update_at_temperatures)
 
 
 def numpy_calibration(probs: np.ndarray, target: np.ndarray, n_bins: int):
@@ -108,7 +108,11 @@ def test_temperature_applies_as_logits_over_t():
     scaled, plain = CalibrationStats(), CalibrationStats()
     scaled.update(logits, target, temperature=2.5)
     plain.update(logits / 2.5, target)
-    assert scaled.to_dict() == plain.to_dict()
+    assert torch.equal(scaled.counts, plain.counts)
+    for mine, reference in ((scaled.conf_sums, plain.conf_sums),
+                            (scaled.correct_sums, plain.correct_sums),
+                            (scaled.nll_sum, plain.nll_sum), (scaled.brier_sum, plain.brier_sum)):
+        assert torch.allclose(torch.as_tensor(mine), torch.as_tensor(reference), rtol=1e-12)
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="temperature"):
             scaled.update(logits, target, temperature=bad)
@@ -149,3 +153,22 @@ def test_bad_bins_and_empty_stats():
     empty = CalibrationStats()
     assert math.isnan(empty.ece()) and empty.count() == 0
     assert empty.to_dict()["ece"] is None
+
+
+@pytest.mark.parametrize("k", [10, 300])
+def test_update_at_temperatures_equals_one_update_per_temperature(k):
+    logits, target = random_predictions(8, n=3000, k=k)
+    target[::7] = 3  # ignored below
+    temperatures = (0.5, 1.0, 1.7, 3.0)
+    together = {t: CalibrationStats(15) for t in temperatures}
+    update_at_temperatures(together, logits, target, ignore_index=3)
+    for t in temperatures:
+        alone = CalibrationStats(15)
+        alone.update(logits, target, temperature=t, ignore_index=3)
+        kept, probs = target[target != 3], torch.softmax(logits[target != 3] / t, -1)
+        reference = numpy_calibration(probs.numpy(), kept.numpy(), 15)[0]
+        assert together[t].count() == alone.count() == int((target != 3).sum())
+        assert together[t].ece() == pytest.approx(alone.ece(), abs=1e-12)
+        assert together[t].ece() == pytest.approx(reference, abs=1e-6)
+        assert together[t].nll() == pytest.approx(
+            F.cross_entropy(logits[target != 3] / t, target[target != 3]).item(), abs=1e-9)
