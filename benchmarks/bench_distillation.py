@@ -3,9 +3,10 @@
 Claim (issue "Knowledge distillation"): training from a top-8 teacher cache costs at most 1.15x
 a plain ``smoothed_ce`` step (checked at T = 2, where the soft term needs a second softmax over
 the vocabulary; T = 1 is reported too).  The student is deliberately tiny (the output layer
-dominates its step), which makes the loss's share, and so the ratio, as large as it gets.  All three run in one process on copies of the same student, the same
-batches and the same optimizer settings, interleaved step by step (so that load from other
-processes hits all three alike); medians over rounds are compared.  Prints one JSON line per measurement and a summary line.
+dominates its step), which makes the loss's share, and so the ratio, as large as it gets.  All
+three run in one process on copies of the same student, the same batches and the same optimizer
+settings, interleaved step by step (so that load from other
+processes hits all three alike); medians over rounds are compared.  Prints one JSON line.
 
     python benchmarks/bench_distillation.py [--data CORPUS_DIR] [--rounds 5] [--batches 12]
 """
@@ -13,17 +14,16 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
+import logging
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BIN, REPO, emit, run  # noqa: E402
 
 COMMON = ["--task", "translation", "--arch", "transformer", "--share-all-embeddings",
           "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
@@ -37,29 +37,21 @@ TEACHER = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-di
            "--decoder-ffn-embed-dim", "256"]
 
 
-def sh(args):
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
-    result = subprocess.run([str(a) for a in args], cwd=REPO, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        sys.exit(f"failed: {' '.join(map(str, args))}\n{result.stderr[-3000:]}")
-    return result
-
-
 def prepare(work: Path, data: Path | None):
     if data is None:
         data = work / "corpus"
-        sh([sys.executable, REPO / "scripts" / "prepare_bible.py", data, "--train-size", "2000",
+        run([sys.executable, REPO / "scripts" / "prepare_bible.py", data, "--train-size", "2000",
             "--valid-size", "100", "--test-size", "100", "--vocab-size", "1000", "--binarize"])
     bin_dir = data / "bin"
     teacher_dir = work / "teacher"
     # timing does not depend on the weights: a teacher after a few updates is enough
-    sh([BIN / "fairseq-train", bin_dir, "--user-dir", REPO / "ls_plugins", *COMMON, *TEACHER,
+    run([BIN / "fairseq-train", bin_dir, "--user-dir", REPO / "ls_plugins", *COMMON, *TEACHER,
         "--criterion", "smoothed_ce", "--max-update", "5", "--save-dir", teacher_dir,
         "--no-epoch-checkpoints", "--no-progress-bar", "--disable-validation"])
     teacher = teacher_dir / "checkpoint_last.pt"
     cache = work / "cache"
     start = time.perf_counter()
-    sh([BIN / "ls-cache-teacher", bin_dir, "--teacher-path", teacher, "--out", cache,
+    run([BIN / "ls-cache-teacher", bin_dir, "--teacher-path", teacher, "--out", cache,
         "--split", "train", "--topk", "8", "--no-progress-bar"])
     return bin_dir, teacher, cache, time.perf_counter() - start
 
@@ -72,6 +64,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)  # before fairseq's modules configure it at DEBUG
+    warnings.filterwarnings("ignore")  # fairseq's and hydra's deprecation noise
 
     import torch
 
@@ -142,31 +136,17 @@ def main() -> None:
         paired = {name: statistics.median(t / p for t, p in zip(times[name], times["plain"]))
                   for name in ("live", "cache", "cache_t1")}
         tokens = sum(int(b["ntokens"]) for b in batches) / len(batches)
-        for name in modes:
-            print(json.dumps({"bench": "distillation_step", "mode": name,
-                              "median_step_ms": round(median[name] * 1e3, 2),
-                              "all_step_ms": [round(t * 1e3, 2) for t in times[name]]}))
-        summary = {
-            "bench": "distillation_step_time", "threads": args.threads,
-            "rounds": args.rounds, "batches_per_round": len(batches),
-            "tokens_per_batch": round(tokens, 1), "vocab": len(task.target_dictionary),
-            "student": "transformer 1+1 layers, dim 64", "teacher": "transformer 2+2 layers, dim 128",
-            "distill_temperature": 2.0,
-            "plain_ms": round(median["plain"] * 1e3, 2), "live_ms": round(median["live"] * 1e3, 2),
-            "cache_top8_ms": round(median["cache"] * 1e3, 2),
-            "cache_top8_t1_ms": round(median["cache_t1"] * 1e3, 2),
-            "live_over_plain": round(median["live"] / median["plain"], 3),
-            "cache_over_plain": round(median["cache"] / median["plain"], 3),
-            "cache_t1_over_plain": round(median["cache_t1"] / median["plain"], 3),
-            # the same ratios paired round by round (robust to load that drifts between rounds)
-            "live_over_plain_paired": round(paired["live"], 3),
-            "cache_over_plain_paired": round(paired["cache"], 3),
-            "cache_t1_over_plain_paired": round(paired["cache_t1"], 3),
-            "target_cache_over_plain": 1.15,
-            "meets_target": median["cache"] / median["plain"] <= 1.15,
-            "cache_build_seconds": round(cache_seconds, 1),
-        }
-        print(json.dumps(summary))
+        emit("distillation_ce training step from a top-8 teacher cache vs plain smoothed_ce",
+             "<= 1.15", median["cache"] / median["plain"] <= 1.15,
+             ratio=round(median["cache"] / median["plain"], 3),
+             ratio_paired=round(paired["cache"], 3),  # round by round: robust to drifting load
+             ratio_live_teacher=round(median["live"] / median["plain"], 3),
+             ratio_cache_at_t1=round(median["cache_t1"] / median["plain"], 3),
+             step_ms={name: round(median[name] * 1e3, 2) for name in modes},
+             tokens_per_batch=round(tokens, 1), vocab=len(task.target_dictionary),
+             student="transformer 1+1 layers, dim 64", teacher="transformer 2+2 layers, dim 128",
+             distill_temperature=2.0, rounds=args.rounds, batches_per_round=len(batches),
+             cache_build_seconds=round(cache_seconds, 1))
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ Claims, measured side by side in one run:
    ``label_smoothed_nll_loss`` (on log_softmax, as its criterion does), with peak memory no
    higher than fairseq's (peak RSS growth of a fresh child process per variant);
 2. fairseq-train words/s with ``--criterion smoothed_ce`` >= 0.97x ``label_smoothed_cross_entropy``
-   (same model, data and seed; runs alternate, medians of the per-epoch wps).
+   (same model, data and seed; ``--rounds`` runs each, alternating; the median over runs of
+   each run's median per-epoch wps).
 
-Usage: python benchmarks/bench_smoothed_ce.py [--skip-train] [--workdir DIR]
+Usage: python benchmarks/bench_smoothed_ce.py [--skip-train] [--workdir DIR] [--rounds 4]
 """
 from __future__ import annotations
 
@@ -120,7 +121,7 @@ def fairseq_train_wps(data: Path, criterion: list[str]) -> float:
     return statistics.median(wps)
 
 
-def training_claim(workdir: Path) -> None:
+def training_claim(workdir: Path, rounds: int) -> None:
     data = prepare_corpus(workdir / "corpus") / "bin"
     from fairseq.data import Dictionary
     k = len(Dictionary.load(str(data / "dict.en.txt")))
@@ -128,7 +129,7 @@ def training_claim(workdir: Path) -> None:
     theirs = ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing",
               str(ALPHA * (k - 1) / k)]
     results = {"ours": [], "fairseq": []}
-    for _ in range(2):  # alternate to even out machine noise
+    for _ in range(rounds):  # alternate to even out machine noise
         results["fairseq"].append(fairseq_train_wps(data, theirs))
         results["ours"].append(fairseq_train_wps(data, ours))
     ratio = statistics.median(results["ours"]) / statistics.median(results["fairseq"])
@@ -140,6 +141,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip-train", action="store_true", help="only the kernel claims")
     parser.add_argument("--workdir", type=Path, default=None, help="reuse data here")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="alternating fairseq-train runs per criterion (median of medians)")
     parser.add_argument("--child-memory", nargs=2, metavar=("VARIANT", "K"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_memory:
@@ -148,7 +151,7 @@ def main() -> None:
     kernel_claims()
     if not args.skip_train:
         workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ls-bench-"))
-        training_claim(workdir)
+        training_claim(workdir, args.rounds)
 
 
 if __name__ == "__main__":

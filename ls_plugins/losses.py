@@ -104,6 +104,7 @@ def smoothed_cross_entropy(logits: Tensor, target: Tensor, alpha: float = 0.0, *
     >>> round(smoothed_cross_entropy(logits, target, 0.1).item(), 4)
     0.3365
     """
+    check_probability("alpha", alpha, upper_inclusive=False)
     lprobs = F.log_softmax(logits.float(), dim=-1)
     return smoothed_nll_from_lprobs(lprobs, target, alpha, prior=prior,
                                     ignore_index=ignore_index, reduction=reduction)[0]
@@ -137,16 +138,23 @@ def tempered_log_probs(logits: Tensor, temperature: float = 1.0) -> Tensor:
     return _tempered_log_softmax(logits, temperature)
 
 
+def log_mean_probs(log_probs: Sequence[Tensor]) -> Tensor:
+    """``log((1/M) sum_m exp(log_probs_m))``: an ensemble's averaged probabilities, in log space.
+
+    fairseq's ensembles average probabilities (not log-probabilities or logits); so do ours.
+    """
+    if len(log_probs) == 1:
+        return log_probs[0]
+    return torch.logsumexp(torch.stack(list(log_probs)), dim=0) - math.log(len(log_probs))
+
+
 def ensemble_log_probs(logits: Sequence[Tensor], temperature: float = 1.0) -> Tensor:
     """``log((1/M) sum_m p^m(T))``: the log of the average of M models' tempered probabilities.
 
     An ensemble teacher's ``p^t(T)`` (probabilities are averaged after tempering, so an
     ensemble's average cannot be re-tempered afterwards).  One model: ``log_softmax(z / T)``.
     """
-    if len(logits) == 1:
-        return _tempered_log_softmax(logits[0], temperature)
-    stacked = torch.stack([_tempered_log_softmax(z, temperature) for z in logits])
-    return torch.logsumexp(stacked, dim=0) - math.log(len(logits))
+    return log_mean_probs([_tempered_log_softmax(z, temperature) for z in logits])
 
 
 class TopKTeacher(NamedTuple):

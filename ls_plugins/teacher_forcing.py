@@ -3,17 +3,18 @@
 Paper section 3: token-level calibration is measured on next-token predictions *given the
 reference prefix*.  ``decoder_logits`` runs each model once on a batch with the reference as
 decoder input; ``ensemble_log_probs`` applies a temperature and averages the models'
-probabilities exactly as fairseq's beam search does:
-``log p = logsumexp_m log softmax(z_m / T) - log M``.  Any number of temperatures can be applied
+probabilities exactly as fairseq's beam search does
+(:func:`ls_plugins.losses.log_mean_probs`).  Any number of temperatures can be applied
 to the same logits, so a temperature sweep costs one forward pass.
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 from torch import Tensor
+
+from .losses import log_mean_probs
 
 
 @torch.inference_mode()
@@ -34,6 +35,4 @@ def ensemble_log_probs(models: Sequence[torch.nn.Module], outputs: Sequence[tupl
     for model, (logits, *extra) in zip(models, outputs):
         scaled = logits if temperature == 1.0 else logits / temperature
         log_probs.append(model.get_normalized_probs((scaled, *extra), log_probs=True).float())
-    if len(log_probs) == 1:
-        return log_probs[0]
-    return torch.logsumexp(torch.stack(log_probs), dim=0) - math.log(len(log_probs))
+    return log_mean_probs(log_probs)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +65,25 @@ def ls_checkpoint(bible, tmp_path_factory) -> Path:
     fairseq_train(bible / "bin", save_dir, "--criterion", "smoothed_ce", "--label-smoothing", "0.1",
                   max_update=80)
     return save_dir / "checkpoint_last.pt"
+
+
+def numpy_calibration(probs: np.ndarray, target: np.ndarray, n_bins: int):
+    """ECE/MCE/per-bin table by hand: bin i holds (i/n, (i+1)/n], bin 0 also holds 0."""
+    confidence = probs.max(1)
+    correct = (probs.argmax(1) == target).astype(float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    ece, mce, table = 0.0, 0.0, []
+    for i in range(n_bins):
+        lower, upper = edges[i], edges[i + 1]
+        inside = (confidence > lower) & (confidence <= upper)
+        if i == 0:
+            inside |= confidence == 0.0
+        if inside.any():
+            gap = abs(correct[inside].mean() - confidence[inside].mean())
+            ece += inside.mean() * gap
+            mce = max(mce, gap)
+        table.append(int(inside.sum()))
+    return ece, mce, table
 
 
 def fairseq_setup(data, *extra):

@@ -5,28 +5,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import numpy_calibration
 
 from ls_plugins.calibration import (CalibrationStats, bin_sums, expected_calibration_error,
                                     fit_temperature, update_at_temperatures)
-
-
-def numpy_calibration(probs: np.ndarray, target: np.ndarray, n_bins: int):
-    """ECE/MCE/per-bin table by hand: bin i holds (i/n, (i+1)/n], bin 0 also holds 0."""
-    confidence = probs.max(1)
-    correct = (probs.argmax(1) == target).astype(float)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    ece, mce, table = 0.0, 0.0, []
-    for i in range(n_bins):
-        lower, upper = edges[i], edges[i + 1]
-        inside = (confidence > lower) & (confidence <= upper)
-        if i == 0:
-            inside |= confidence == 0.0
-        if inside.any():
-            gap = abs(correct[inside].mean() - confidence[inside].mean())
-            ece += inside.mean() * gap
-            mce = max(mce, gap)
-        table.append(int(inside.sum()))
-    return ece, mce, table
 
 
 def random_predictions(seed, n=5000, k=10, scale=3.0):

@@ -111,6 +111,37 @@ def test_first_batch_loss_live_equals_cache_with_all_classes(bible, ls_checkpoin
     assert loss_live.item() == pytest.approx(want.item(), rel=1e-5)
 
 
+def test_scale_t2_and_ignore_prefix_size(bible, ls_checkpoint, cache_full):
+    """--distill-scale-t2 multiplies the soft term by T^2; --ignore-prefix-size drops the first
+    target positions, for the live teacher and the cache alike."""
+    common = ["--distill-temperature", "3", "--distill-weight", "0.5", "--label-smoothing", "0.1",
+              "--distill-scale-t2", "--ignore-prefix-size", "2"]
+    task, model, live = setup(bible, *common, "--teacher-path", str(ls_checkpoint))
+    cached = criterion_for(bible, task, *common, "--teacher-cache", str(cache_full))
+    sample = first_batch(task)
+    model.eval()
+    loss_live, _, log_live = live(model, sample)
+    loss_cache, _, _ = cached(model, sample)
+    teacher = live.teachers.models[0]
+    with torch.no_grad():
+        z_t = teacher(**sample["net_input"])[0][:, 2:]
+        z_s = model(**sample["net_input"])[0][:, 2:]
+    from ls_plugins.losses import distillation_loss
+    target, pad = sample["target"][:, 2:], task.target_dictionary.pad()
+    want = distillation_loss(z_s, z_t, target, beta=0.5, temperature=3.0, alpha=0.1,
+                             ignore_index=pad, scale_by_t2=True)
+    assert loss_live.item() == pytest.approx(want.item(), rel=1e-5)
+    assert loss_cache.item() == pytest.approx(want.item(), rel=1e-5)
+    # by hand: 0.5 * H(y_ls, p) + 0.5 * 9 * H(q(3), p(3)) over the kept positions
+    keep = target.ne(pad)
+    lp, lp3 = torch.log_softmax(z_s[keep], -1), torch.log_softmax(z_s[keep] / 3, -1)
+    q = torch.softmax(z_t[keep] / 3, -1)
+    hard = -(0.9 * lp.gather(1, target[keep][:, None]).squeeze(1) + 0.1 * lp.mean(1))
+    soft = -(q * lp3).sum(1)
+    assert loss_live.item() == pytest.approx((0.5 * hard + 4.5 * soft).sum().item(), rel=1e-5)
+    assert log_live["soft_loss"].item() == pytest.approx(soft.sum().item(), rel=1e-5)
+
+
 def test_live_top_k_equals_cache_top_k_at_the_cache_temperature(bible, ls_checkpoint, cache8):
     common = ["--distill-temperature", "2", "--distill-weight", "1", "--teacher-topk", "8"]
     task, model, live = setup(bible, *common, "--teacher-path", str(ls_checkpoint))

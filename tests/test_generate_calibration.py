@@ -35,7 +35,8 @@ def bleu_line(stdout):
 def scored(bible, ls_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("gen")
     result = generate(bible, ls_checkpoint, "--calibration-json", out / "cal.json",
-                      "--calibration-plot", out / "cal.png", "--calibration-fit-temperature")
+                      "--calibration-plot", out / "cal.png", "--calibration-fit-temperature",
+                      "--calibration-adaptive")
     return result, out
 
 
@@ -51,6 +52,7 @@ def test_prints_line_and_writes_json_and_png(scored, bible):
     assert stats["ece"] == pytest.approx(float(match.group(4)), abs=1e-4)
     assert sum(b["count"] for b in stats["bins"]) == stats["count"]
     assert stats["subset"] == "valid" and 0.1 < stats["fitted_temperature"] < 10
+    assert 0.0 <= stats["adaptive_ece"] < 1.0
     assert (out / "cal.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp")]
 
@@ -70,9 +72,10 @@ def test_teacher_forced_nll_and_ece_equal_fairseq_validate(scored, bible, ls_che
                     "--max-tokens", "3000", "--required-batch-size-multiple", "1"])
     text = validate.stdout + validate.stderr
     nll_base2 = float(re.search(r"valid on 'valid' subset \|.*?nll_loss ([0-9.]+)", text).group(1))
-    ece = float(re.search(r"valid on 'valid' subset \|.*?\| ece ([0-9.]+)", text).group(1))
     assert stats["nll"] / math.log(2) == pytest.approx(nll_base2, abs=6e-4)  # validate rounds to 3
-    assert stats["ece"] == pytest.approx(ece, abs=6e-5)
+    for name in ("ece", "mce", "confidence", "brier"):
+        logged = float(re.search(rf"valid on 'valid' subset \|.*?\| {name} ([0-9.e-]+)", text).group(1))
+        assert stats[name] == pytest.approx(logged, abs=1e-5), name
 
 
 def test_ensemble_of_identical_models_and_sampling(bible, ls_checkpoint, scored, tmp_path):
@@ -110,3 +113,32 @@ def test_scorer_without_task_is_refused(bible, ls_checkpoint):
     result = run([command("fairseq-generate"), bible / "bin", "--user-dir", "ls_plugins", "--path",
                   ls_checkpoint, *GEN, "--scoring", "calibration"], check=False)
     assert result.returncode == 2 and "--task translation_calibration" in result.stderr
+
+
+def test_ensemble_of_two_different_models_averages_probabilities(bible):
+    """The hook's ensemble: mean of the models' tempered softmaxes, scored per non-pad token."""
+    import torch
+
+    from conftest import fairseq_setup, first_batch
+    from ls_plugins.calibration import CalibrationStats
+
+    cfg, task, model_a = fairseq_setup(bible / "bin", "--task", "translation_calibration")
+    torch.manual_seed(2)
+    model_b = task.build_model(cfg.model).eval()
+    sample = first_batch(task)
+    task.temperature = 1.7
+    task.score_teacher_forced([model_a, model_b], sample)
+
+    target, pad = sample["target"], task.target_dictionary.pad()
+    with torch.no_grad():
+        probs = sum(torch.softmax(m(**sample["net_input"])[0].double() / 1.7, -1)
+                    for m in (model_a.eval(), model_b)) / 2
+    keep = target.ne(pad)
+    probs, kept = probs[keep], target[keep]
+    reference = CalibrationStats(15)
+    reference.update_probs(probs, kept)
+    assert task.calibration.count() == int(keep.sum())
+    assert task.calibration.nll() == pytest.approx(
+        -probs.gather(1, kept[:, None]).log().mean().item(), rel=1e-5)
+    assert task.calibration.ece() == pytest.approx(reference.ece(), abs=1e-5)
+    assert task.calibration.accuracy() == (probs.argmax(1) == kept).double().mean().item()

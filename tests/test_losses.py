@@ -71,9 +71,12 @@ def test_unigram_prior_with_equal_counts_is_uniform():
         smoothed_cross_entropy(logits, target, 0.25, ignore_index=PAD))
 
 
-def test_bad_prior_and_reduction_are_refused():
+def test_bad_alpha_prior_and_reduction_are_refused():
     logits, target = random_batch()
     with pytest.raises(ValueError, match="unigram counts"):
         unigram_prior([0, 0, 0])
     with pytest.raises(ValueError, match="reduction"):
         smoothed_cross_entropy(logits, target, 0.1, ignore_index=PAD, reduction="avg")
+    for alpha in (-0.1, 1.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\)"):
+            smoothed_cross_entropy(logits, target, alpha)

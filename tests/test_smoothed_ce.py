@@ -2,12 +2,13 @@
 import re
 import sys
 
+import numpy as np
 import pytest
 import torch
 from fairseq.logging import metrics
 
-from conftest import REPO, TINY_TRANSFORMER, command, fairseq_setup, fairseq_train, first_batch, run
-from ls_plugins.calibration import CalibrationStats
+from conftest import (REPO, TINY_TRANSFORMER, command, fairseq_setup, fairseq_train, first_batch,
+                      numpy_calibration, run)
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,29 @@ def test_equals_fairseq_label_smoothed_cross_entropy(fairseq_model, alpha):
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-3)
     torch.testing.assert_close(log["nll_loss"], ref_log["nll_loss"], rtol=1e-6, atol=1e-4)
     assert loss.item() > log["nll_loss"].item()  # smoothing adds the entropy-like term
+
+
+def test_sentence_avg_and_ignore_prefix_size_match_fairseq(fairseq_model):
+    from fairseq.criterions import CRITERION_REGISTRY
+    task, model, sample = fairseq_model
+    k = len(task.target_dictionary)
+    options = {"sentence_avg": True, "ignore_prefix_size": 2, "report_accuracy": True}
+    ours = CRITERION_REGISTRY["smoothed_ce"](task, label_smoothing=0.1, **options)
+    theirs = CRITERION_REGISTRY["label_smoothed_cross_entropy"](
+        task, label_smoothing=0.1 * (k - 1) / k, **options)
+    with torch.no_grad():
+        loss, size, log = ours(model, sample)
+        ref_loss, ref_size, ref_log = theirs(model, sample)
+        full_loss, _, _ = criterion(task, "smoothed_ce", label_smoothing=0.1)(model, sample)
+    assert size == ref_size == sample["target"].size(0)  # sentences, not tokens
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(log["nll_loss"], ref_loss.new_tensor(ref_log["nll_loss"]),
+                               rtol=1e-6, atol=1e-4)
+    assert (log["n_correct"], log["total"]) == (ref_log["n_correct"], ref_log["total"])
+    assert log["total"] == int(sample["target"][:, 2:].ne(task.target_dictionary.pad()).sum())
+    assert loss.item() < full_loss.item()  # two target positions per sentence are left out
+    assert reduced(ours, [log])["loss"] == pytest.approx(
+        reduced(theirs, [ref_log])["loss"], abs=2e-3)
 
 
 def test_alpha_zero_equals_plain_cross_entropy(fairseq_model):
@@ -101,12 +125,19 @@ def test_validation_ece_from_two_summed_shards_equals_whole_batch(fairseq_model)
         _, _, second = crit(model, shard(slice(half, None)))
         lprobs = model.get_normalized_probs(model(**sample["net_input"]), log_probs=True)
     summed = {key: first[key] + second[key] for key in first}  # what fairseq's all-reduce does
-    reference = CalibrationStats(15)
-    reference.update(lprobs, sample["target"], ignore_index=crit.padding_idx)
-    ece_shards = reduced(crit, [summed])["ece"]
-    assert ece_shards == pytest.approx(round(reference.ece(), 4), abs=1e-12)
-    assert ece_shards == reduced(crit, [whole])["ece"] == reduced(crit, [first, second])["ece"]
-    assert reference.count() == sample["ntokens"]
+    keep = sample["target"].ne(crit.padding_idx)
+    probs = lprobs.double().exp()[keep].numpy()
+    target = sample["target"][keep].numpy()
+    ece, mce, _ = numpy_calibration(probs, target, 15)
+    one_hot = np.eye(probs.shape[1])[target]
+    expected = {"ece": ece, "mce": mce, "confidence": probs.max(1).mean(),
+                "brier": ((probs - one_hot) ** 2).sum(1).mean()}
+    from_shards = reduced(crit, [summed])
+    for name, value in expected.items():
+        assert from_shards[name] == pytest.approx(value, abs=1e-6), name
+        assert from_shards[name] == pytest.approx(reduced(crit, [whole])[name], abs=1e-12)
+        assert from_shards[name] == pytest.approx(reduced(crit, [first, second])[name], abs=1e-12)
+    assert int(keep.sum()) == sample["ntokens"]
 
 
 def train_losses(log: str) -> list[float]:

@@ -13,17 +13,19 @@ import torch
 from fairseq import utils
 from fairseq.logging import metrics
 
-from ..calibration import CalibrationStats, ece_from_bin_sums
+from ..calibration import CalibrationStats
 
 CAL_KEYS = ("_cal_count_", "_cal_conf_", "_cal_correct_")
+BRIER_KEY = "_cal_brier"
 
 
 def calibration_logging_output(lprobs: torch.Tensor, target: torch.Tensor, padding_idx: int,
                                n_bins: int) -> dict:
-    """Per-bin sums of next-token confidence/accuracy over non-pad positions, as flat floats."""
+    """Per-bin sums of next-token confidence/accuracy (and the Brier sum) over non-pad positions,
+    as flat floats."""
     stats = CalibrationStats(n_bins)
     stats.update(lprobs, target, ignore_index=padding_idx)
-    output = {}
+    output = {BRIER_KEY: stats.brier_sum}
     for prefix, values in zip(CAL_KEYS, (stats.counts, stats.conf_sums, stats.correct_sums)):
         output.update({f"{prefix}{i}": float(v) for i, v in enumerate(values.tolist())})
     return output
@@ -66,16 +68,18 @@ def reduce_loss_metrics(logging_outputs, extra_token_sums: tuple[str, ...] = ())
 
 
 def reduce_calibration_metrics(logging_outputs) -> None:
-    """Sum the per-bin calibration statistics and derive ``ece`` from the sums (validation only)."""
+    """Sum the per-bin calibration statistics and derive ``ece``, ``mce``, ``confidence`` (mean
+    next-token confidence) and ``brier`` from the sums (validation only)."""
     if not logging_outputs or f"{CAL_KEYS[0]}0" not in logging_outputs[0]:
         return
     n_bins = sum(1 for key in logging_outputs[0] if key.startswith(CAL_KEYS[0]))
-    for prefix in CAL_KEYS:
-        for i in range(n_bins):
-            metrics.log_scalar_sum(f"{prefix}{i}", _summed(logging_outputs, f"{prefix}{i}"))
+    for key in [f"{prefix}{i}" for prefix in CAL_KEYS for i in range(n_bins)] + [BRIER_KEY]:
+        metrics.log_scalar_sum(key, _summed(logging_outputs, key))
 
-    def ece(meters) -> float:
+    def stats(meters) -> CalibrationStats:
         counts, confs, corrects = ([meters[f"{prefix}{i}"].sum for i in range(n_bins)]
                                    for prefix in CAL_KEYS)
-        return round(ece_from_bin_sums(counts, confs, corrects), 4)
-    metrics.log_derived("ece", ece)
+        return CalibrationStats.from_sums(counts, confs, corrects,
+                                          brier_sum=meters[BRIER_KEY].sum)
+    for name in ("ece", "mce", "confidence", "brier"):
+        metrics.log_derived(name, lambda meters, name=name: getattr(stats(meters), name)())

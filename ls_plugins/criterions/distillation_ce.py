@@ -23,7 +23,7 @@ Logged (all summable over batches and workers): ``loss`` (per sample_size, base 
 (``-log2 p_y`` per token at T = 1), ``soft_loss`` (``H(p^t(T), p(T))`` per token in bits,
 unscaled: without ``beta`` and ``T**2``), ``teacher_gamma`` (the teacher's equivalent label
 smoothing ``gamma`` on the data seen, derived from summed incorrect mass and token counts) and,
-on validation, ``ece``.
+on validation, ``ece``, ``mce``, ``confidence`` and ``brier`` (as ``smoothed_ce``).
 """
 import os
 from dataclasses import dataclass, field
