@@ -85,7 +85,7 @@ def smoothed_nll_from_lprobs(lprobs: Tensor, target: Tensor, alpha: float = 0.0,
         nll = _reduce(nll, pad_mask, reduction)
         return nll, nll
     if prior is None:
-        smooth = -lprobs.mean(-1)
+        smooth = lprobs.sum(-1).div_(-lprobs.size(-1))  # sum, not mean: its backward is a view
     else:
         smooth = -(lprobs @ prior.to(lprobs.dtype))
     loss = (1.0 - alpha) * nll + alpha * smooth

@@ -7,7 +7,6 @@ The sweep is compared with the tools it must agree with, on the same data and op
 import json
 import math
 import re
-import shutil
 
 import pytest
 
@@ -281,7 +280,3 @@ def test_temperature_sweep_figure(tmp_path):
     temperature_sweep(rows, str(tmp_path / "fig.png"))
     assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["fig.png"]
-
-
-def test_recipe_is_valid_bash():
-    run([shutil.which("bash"), "-n", "examples/translation/bible/sweep.sh"])

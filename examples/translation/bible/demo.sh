@@ -5,19 +5,22 @@
 # with the stock fairseq-generate (paper section 3, Table 3 and Fig. 3).
 #
 # Usage: examples/translation/bible/demo.sh [WORKDIR]    (default: work/demo)
-# Knobs (environment): TRAIN_SIZE (default 20000 pairs), MAX_EPOCH (6), BEAM (4).
+# Knobs (environment): TRAIN_SIZE (default 20000 pairs), EVAL_SIZE (500 valid and 500 test
+# pairs), VOCAB_SIZE (4000 joint sentencepiece pieces), MAX_EPOCH (6), BEAM (4).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 WORK=${1:-work/demo}
 TRAIN_SIZE=${TRAIN_SIZE:-20000}
+EVAL_SIZE=${EVAL_SIZE:-500}
+VOCAB_SIZE=${VOCAB_SIZE:-4000}
 MAX_EPOCH=${MAX_EPOCH:-6}
 BEAM=${BEAM:-4}
 mkdir -p "$WORK"
 
 if [ ! -f "$WORK/corpus/bin/dict.en.txt" ]; then
   echo "== preparing the es->en Bible corpus ($TRAIN_SIZE training pairs)"
-  python scripts/prepare_bible.py "$WORK/corpus" --train-size "$TRAIN_SIZE" --valid-size 500 \
-    --test-size 500 --vocab-size 4000 --binarize
+  python scripts/prepare_bible.py "$WORK/corpus" --train-size "$TRAIN_SIZE" \
+    --valid-size "$EVAL_SIZE" --test-size "$EVAL_SIZE" --vocab-size "$VOCAB_SIZE" --binarize
 fi
 DATA=$WORK/corpus/bin
 
