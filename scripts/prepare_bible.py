@@ -93,6 +93,9 @@ def main(argv=None) -> None:
         parser.error(f"--valid-size + --test-size must be below the {len(pairs)} aligned pairs")
     splits = {"valid": pairs[:args.valid_size], "test": pairs[args.valid_size:n_held],
               "train": pairs[n_held:n_held + args.train_size] if args.train_size else pairs[n_held:]}
+    if args.train_size and len(splits["train"]) < args.train_size:
+        print(f"note: --train-size {args.train_size}: only {len(splits['train'])} pairs remain with "
+              f"at most --max-words {args.max_words} words a side; using all of them")
 
     out = os.path.abspath(args.out)
     os.makedirs(os.path.dirname(out), exist_ok=True)

@@ -5,50 +5,23 @@
 # with the stock fairseq-generate (paper section 3, Table 3 and Fig. 3).
 #
 # Usage: examples/translation/bible/demo.sh [WORKDIR]    (default: work/demo)
-# Knobs (environment): TRAIN_SIZE (default 20000 pairs), EVAL_SIZE (500 valid and 500 test
-# pairs), VOCAB_SIZE (4000 joint sentencepiece pieces), MAX_EPOCH (6), BEAM (4).
+# Knobs (environment): those of common.sh (TRAIN_SIZE, EVAL_SIZE, VOCAB_SIZE, MAX_EPOCH, CPU) and
+# BEAM (4).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
+source examples/translation/bible/common.sh
 WORK=${1:-work/demo}
-TRAIN_SIZE=${TRAIN_SIZE:-20000}
-EVAL_SIZE=${EVAL_SIZE:-500}
-VOCAB_SIZE=${VOCAB_SIZE:-4000}
-MAX_EPOCH=${MAX_EPOCH:-6}
 BEAM=${BEAM:-4}
-mkdir -p "$WORK"
-
-if [ ! -f "$WORK/corpus/bin/dict.en.txt" ]; then
-  echo "== preparing the es->en Bible corpus ($TRAIN_SIZE training pairs)"
-  python scripts/prepare_bible.py "$WORK/corpus" --train-size "$TRAIN_SIZE" \
-    --valid-size "$EVAL_SIZE" --test-size "$EVAL_SIZE" --vocab-size "$VOCAB_SIZE" --binarize
-fi
 DATA=$WORK/corpus/bin
-
-MODEL=(--task translation --arch transformer --share-all-embeddings
-       --encoder-layers 3 --decoder-layers 3 --encoder-embed-dim 256 --decoder-embed-dim 256
-       --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512
-       --encoder-attention-heads 4 --decoder-attention-heads 4 --dropout 0.2
-       --optimizer adam --adam-betas '(0.9, 0.98)' --lr 0.002 --lr-scheduler inverse_sqrt
-       --warmup-updates 400 --max-tokens 6000 --max-epoch "$MAX_EPOCH" --cpu --seed 1
-       --no-epoch-checkpoints --log-format simple --log-interval 50)
-
-for run in hard:0.0 ls:0.1; do
-  name=${run%%:*}; alpha=${run##*:}
-  if [ ! -f "$WORK/$name/checkpoint_best.pt" ]; then
-    mkdir -p "$WORK/$name"
-    echo "== training '$name' with --criterion smoothed_ce --label-smoothing $alpha"
-    fairseq-train "$DATA" --user-dir ls_plugins "${MODEL[@]}" --criterion smoothed_ce \
-      --label-smoothing "$alpha" --report-accuracy --save-dir "$WORK/$name" \
-      2>&1 | tee "$WORK/$name/train.log" | grep -E "valid on|done training" || true
-    [ -f "$WORK/$name/checkpoint_best.pt" ] || { echo "training $name failed: see $WORK/$name/train.log"; exit 1; }
-  fi
-done
+mkdir -p "$WORK"
+prepare_corpus "$WORK"
+train_hard_and_ls "$WORK"
 
 generate() {  # name temperature output-prefix
   fairseq-generate "$DATA" --user-dir ls_plugins --task translation_calibration --scoring calibration \
     --path "$WORK/$1/checkpoint_best.pt" --gen-subset test --beam "$BEAM" --max-tokens 6000 \
     --required-batch-size-multiple 1 --max-len-a 1.2 --max-len-b 10 --remove-bpe sentencepiece \
-    --cpu --temperature "$2" \
+    $CPU --temperature "$2" \
     --calibration-json "$3.json" --calibration-plot "$3.png" --calibration-fit-temperature \
     > "$3.txt" 2> "$3.log"
   grep -E "^(Generate|Calibration)" "$3.txt"
