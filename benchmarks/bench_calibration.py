@@ -10,7 +10,7 @@ Claims, measured side by side in one run:
    batches: time <= 1.5x one ``log_softmax`` pass over the same logits; its state does not grow
    with N (bytes of its tensors after 1 and after all batches).
 
-Usage: python benchmarks/bench_calibration.py [--skip-generate] [--workdir DIR]
+Usage: python benchmarks/bench_calibration.py [--skip-generate] [--workdir DIR] [--rounds 4]
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def stream_claims() -> None:
         state_one = sum(t.numel() * t.element_size() for t in (stats.counts, stats.conf_sums,
                                                                stats.correct_sums))
         update_s, softmax_s = [], []
-        for _ in range(3):  # alternate
+        for _ in range(5):  # alternate (medians: 2 threads make single runs noisy)
             start = time.perf_counter()
             stream_log_softmax()
             softmax_s.append(time.perf_counter() - start)
@@ -90,7 +90,7 @@ def generate(data: Path, checkpoint: Path, calibrate: bool) -> tuple[float, floa
     return generation, wall
 
 
-def generate_claim(workdir: Path) -> None:
+def generate_claim(workdir: Path, rounds: int) -> None:
     data = prepare_corpus(workdir / "corpus") / "bin"
     save = workdir / "model"
     if not (save / "checkpoint_last.pt").exists():
@@ -98,7 +98,7 @@ def generate_claim(workdir: Path) -> None:
              "smoothed_ce", "--label-smoothing", "0.1", "--max-update", "400", "--save-dir", save])
     checkpoint = save / "checkpoint_last.pt"
     times = {True: [], False: []}
-    for _ in range(2):
+    for _ in range(rounds):
         for calibrate in (False, True):
             times[calibrate].append(generate(data, checkpoint, calibrate))
     gen_ratio = (statistics.median(t[0] for t in times[True])
@@ -116,10 +116,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip-generate", action="store_true", help="only the streaming claims")
     parser.add_argument("--workdir", type=Path, default=None, help="reuse data/model here")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="alternating fairseq-generate runs per side (medians compared)")
     args = parser.parse_args()
     stream_claims()
     if not args.skip_generate:
-        generate_claim(args.workdir or Path(tempfile.mkdtemp(prefix="ls-bench-")))
+        generate_claim(args.workdir or Path(tempfile.mkdtemp(prefix="ls-bench-")), args.rounds)
 
 
 if __name__ == "__main__":
