@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BIN, emit, median_time, prepare_corpus, run  # noqa: E402
+from common import BIN, emit, prepare_corpus, run  # noqa: E402
 
 N, ALPHA = 4096, 0.1
 VARIANTS = ("ours", "torch", "fairseq")
@@ -87,11 +87,16 @@ def child_peak_memory(variant: str, k: int) -> None:
 def kernel_claims() -> None:
     for k in (8192, 32768):
         logits, target = inputs(k)
-        times = {v: median_time(lambda fn=loss_fn(v): step(fn, logits, target), repeats=7)
-                 for v in VARIANTS}
-        # interleave a second round to even out machine noise
-        times = {v: min(times[v], median_time(lambda fn=loss_fn(v): step(fn, logits, target)))
-                 for v in VARIANTS}
+        fns = {v: loss_fn(v) for v in VARIANTS}
+        for fn in fns.values():  # warm-up
+            step(fn, logits, target)
+        samples = {v: [] for v in VARIANTS}
+        for _ in range(15):  # round-robin, so that passing load falls on every variant alike
+            for v, fn in fns.items():
+                start = time.perf_counter()
+                step(fn, logits, target)
+                samples[v].append(time.perf_counter() - start)
+        times = {v: statistics.median(t) for v, t in samples.items()}
         memory = {}
         for v in VARIANTS:
             out = run([sys.executable, __file__, "--child-memory", v, str(k)]).stdout
