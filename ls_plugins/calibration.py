@@ -21,17 +21,16 @@ from typing import Mapping, Optional
 import torch
 from torch import Tensor
 
+from .cli import check_int_at_least
 from .losses import check_temperature
 
 DEFAULT_BINS = 15
 SMALL_K = 64  # up to this many classes a full arg-max pass is cheaper than avoiding it
 
 
-def check_bins(n_bins: int) -> int:
+def check_bins(n_bins: int, option: str = "--calibration-bins") -> int:
     """Return ``n_bins`` if it is an integer >= 1; raise ``ValueError`` otherwise."""
-    if isinstance(n_bins, float) and not n_bins.is_integer() or int(n_bins) < 1:
-        raise ValueError(f"number of calibration bins must be an integer >= 1, got {n_bins}")
-    return int(n_bins)
+    return check_int_at_least(option, n_bins, 1)
 
 
 def bin_edges(n_bins: int) -> Tensor:

@@ -24,25 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .cli import check_positive as check_temperature
+from .cli import check_probability
+
 REDUCTIONS = ("sum", "mean", "none")
-
-
-def check_probability(name: str, value: float, *, upper_inclusive: bool) -> float:
-    """Return ``value`` if it lies in [0, 1) (or [0, 1]); raise ``ValueError`` naming ``name``."""
-    value = float(value)
-    upper_ok = value <= 1.0 if upper_inclusive else value < 1.0
-    if not (value >= 0.0 and upper_ok):  # also rejects nan
-        bracket = "]" if upper_inclusive else ")"
-        raise ValueError(f"{name} must be in [0, 1{bracket}, got {value}")
-    return value
-
-
-def check_temperature(name: str, value: float) -> float:
-    """Return ``value`` if it is a finite number > 0; raise ``ValueError`` naming ``name``."""
-    value = float(value)
-    if not (value > 0.0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return value
 
 
 def unigram_prior(counts: Sequence[float] | Tensor) -> Tensor:
@@ -148,7 +133,7 @@ def log_mean_probs(log_probs: Sequence[Tensor]) -> Tensor:
     return torch.logsumexp(torch.stack(list(log_probs)), dim=0) - math.log(len(log_probs))
 
 
-def ensemble_log_probs(logits: Sequence[Tensor], temperature: float = 1.0) -> Tensor:
+def ensemble_tempered_log_probs(logits: Sequence[Tensor], temperature: float = 1.0) -> Tensor:
     """``log((1/M) sum_m p^m(T))``: the log of the average of M models' tempered probabilities.
 
     An ensemble teacher's ``p^t(T)`` (probabilities are averaged after tempering, so an

@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from . import atomic, options
+from . import atomic, cli
 
 # torch, fairseq, sacrebleu and matplotlib are imported where used: --help and bad command lines
 # answer at once.
@@ -53,7 +53,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line errors (``ls-sweep: error: ...``, exit code 2, no usage dump)."""
 
     def error(self, message):
-        options.exit_with_error(message)
+        cli.exit_with_error(message)
 
 
 def build_parser() -> ArgumentParser:
@@ -79,32 +79,32 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--gen-subset", default="test", help="subset to translate and score")
 
     gen = parser.add_argument_group("beam search (as fairseq-generate)")
-    gen.add_argument("--beam", type=options.int_at_least("--beam", 1), default=5, help="beam size")
+    gen.add_argument("--beam", type=cli.int_at_least("--beam", 1), default=5, help="beam size")
     gen.add_argument("--lenpen", type=float, default=1.0,
                      help="length penalty: <1.0 favours shorter, >1.0 longer sentences")
     gen.add_argument("--unkpen", type=float, default=0.0,
                      help="unknown word penalty: <0 produces more unks, >0 fewer")
-    gen.add_argument("--min-len", type=options.int_at_least("--min-len", 1), default=1,
+    gen.add_argument("--min-len", type=cli.int_at_least("--min-len", 1), default=1,
                      help="minimum generation length")
     gen.add_argument("--max-len-a", type=float, default=0.0,
                      help="generate sequences of maximum length ax + b, x the source length")
-    gen.add_argument("--max-len-b", type=options.int_at_least("--max-len-b", 1), default=200,
+    gen.add_argument("--max-len-b", type=cli.int_at_least("--max-len-b", 1), default=200,
                      help="generate sequences of maximum length ax + b, x the source length")
-    gen.add_argument("--no-repeat-ngram-size", type=options.int_at_least("--no-repeat-ngram-size", 0),
+    gen.add_argument("--no-repeat-ngram-size", type=cli.int_at_least("--no-repeat-ngram-size", 0),
                      default=0, help="ngram blocking such that this size ngram cannot be repeated")
-    gen.add_argument("--temperature-batch", type=options.int_at_least("--temperature-batch", 1),
+    gen.add_argument("--temperature-batch", type=cli.int_at_least("--temperature-batch", 1),
                      default=1, metavar="K",
                      help="beam-search K temperatures together (the batch repeated K times; memory "
                           "grows K-fold); 1 reproduces fairseq-generate --temperature T exactly")
 
     data = parser.add_argument_group("batching (as fairseq-generate)")
-    data.add_argument("--max-tokens", type=options.int_at_least("--max-tokens", 1),
+    data.add_argument("--max-tokens", type=cli.int_at_least("--max-tokens", 1),
                       help="maximum number of tokens in a batch (12000 if neither this nor "
                            "--batch-size is set)")
-    data.add_argument("--batch-size", type=options.int_at_least("--batch-size", 1),
+    data.add_argument("--batch-size", type=cli.int_at_least("--batch-size", 1),
                       help="maximum number of sentences in a batch")
     data.add_argument("--required-batch-size-multiple", default=8,
-                      type=options.int_at_least("--required-batch-size-multiple", 1),
+                      type=cli.int_at_least("--required-batch-size-multiple", 1),
                       help="batch sizes are a multiple of this; fairseq drops a last batch that "
                            "is smaller (use 1 to score every sentence)")
     data.add_argument("--skip-invalid-size-inputs-valid-test", action="store_true",
@@ -117,7 +117,7 @@ def build_parser() -> ArgumentParser:
     score.add_argument("--sacrebleu-tokenizer", default="13a",
                        help="sacreBLEU tokenizer (13a, intl, zh, ja-mecab, char, none, ...)")
     score.add_argument("--sacrebleu-lowercase", action="store_true", help="lowercase for BLEU")
-    score.add_argument("--calibration-bins", type=options.int_at_least("--calibration-bins", 1),
+    score.add_argument("--calibration-bins", type=cli.int_at_least("--calibration-bins", 1),
                        default=15, help="equal-width confidence bins of the ECE")
 
     run = parser.add_argument_group("running")
@@ -135,18 +135,18 @@ def parse_temperatures(text: Optional[str], range_text: Optional[str]) -> list[f
     if text is not None:
         for item in (part.strip() for part in text.split(",")):
             if item:
-                values.append(options.positive_float("--temperatures")(item))
+                values.append(cli.positive_float("--temperatures")(item))
     if range_text is not None:
         parts = range_text.split(":")
         if len(parts) != 3:
-            options.exit_with_error(f"--temperature-range must be START:STOP:STEP, got {range_text!r}")
-        start, stop, step = (options.positive_float("--temperature-range")(p) for p in parts)
+            cli.exit_with_error(f"--temperature-range must be START:STOP:STEP, got {range_text!r}")
+        start, stop, step = (cli.positive_float("--temperature-range")(p) for p in parts)
         if stop < start:
-            options.exit_with_error(f"--temperature-range: STOP must be >= START, got {range_text!r}")
+            cli.exit_with_error(f"--temperature-range: STOP must be >= START, got {range_text!r}")
         count = int(math.floor((stop - start) / step + 1e-9)) + 1
         values.extend(round(start + i * step, 10) for i in range(count))
     if not values:
-        options.exit_with_error("--temperatures: no temperature given (use --temperatures and/or "
+        cli.exit_with_error("--temperatures: no temperature given (use --temperatures and/or "
                                 "--temperature-range)")
     return sorted(set(values))
 
@@ -163,13 +163,13 @@ def parse_models(specs: Sequence[str]) -> list[ModelSpec]:
     for spec in specs:
         label, sep, path = spec.partition("=")
         if not sep or not label or not path:
-            options.exit_with_error(f"--model must be LABEL=PATH, got {spec!r}")
+            cli.exit_with_error(f"--model must be LABEL=PATH, got {spec!r}")
         if label in {m.label for m in models}:
-            options.exit_with_error(f"--model: label {label!r} given twice")
+            cli.exit_with_error(f"--model: label {label!r} given twice")
         paths = path.split(os.pathsep)
         for p in paths:
             if not os.path.isfile(p):
-                options.exit_with_error(f"--model {label}: checkpoint {p} not found")
+                cli.exit_with_error(f"--model {label}: checkpoint {p} not found")
         models.append(ModelSpec(label, [os.path.abspath(p) for p in paths]))
     return models
 
@@ -177,19 +177,19 @@ def parse_models(specs: Sequence[str]) -> list[ModelSpec]:
 def check_output_dir(path: str) -> None:
     """Exit unless ``path`` is a directory or can be created as one."""
     if os.path.exists(path) and not os.path.isdir(path):
-        options.exit_with_error(f"--output-dir: {path} exists and is not a directory")
+        cli.exit_with_error(f"--output-dir: {path} exists and is not a directory")
     parent = os.path.abspath(path)
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        options.exit_with_error(f"--output-dir: cannot write to {path}")
+        cli.exit_with_error(f"--output-dir: cannot write to {path}")
 
 
 def check_sacrebleu_tokenizer(name: str) -> None:
     import sacrebleu
 
     if name not in sacrebleu.BLEU.TOKENIZERS:
-        options.exit_with_error(f"--sacrebleu-tokenizer must be one of "
+        cli.exit_with_error(f"--sacrebleu-tokenizer must be one of "
                                 f"{', '.join(sacrebleu.BLEU.TOKENIZERS)}, got {name!r}")
 
 
@@ -202,7 +202,7 @@ def first_line(error: BaseException) -> str:
 
 def fairseq_config(args):
     """fairseq-generate's configuration for these options (task translation, sacrebleu scoring)."""
-    from fairseq import options as fairseq_options
+    from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
     argv = [args.data, "--task", "translation", "--gen-subset", args.gen_subset,
@@ -222,9 +222,9 @@ def fairseq_config(args):
                       args.skip_invalid_size_inputs_valid_test)]:
         if on:
             argv.append(flag)
-    parser = fairseq_options.get_generation_parser(default_task="translation")
+    parser = options.get_generation_parser(default_task="translation")
     cfg = convert_namespace_to_omegaconf(
-        fairseq_options.parse_args_and_arch(parser, [str(a) for a in argv]))
+        options.parse_args_and_arch(parser, [str(a) for a in argv]))
     if cfg.dataset.max_tokens is None and cfg.dataset.batch_size is None:
         cfg.dataset.max_tokens = 12000  # fairseq-generate's default
     return cfg
@@ -235,16 +235,16 @@ def setup_task(cfg):
     from fairseq import tasks
 
     if not os.path.isdir(cfg.task.data):
-        options.exit_with_error(f"data directory {cfg.task.data} not found")
+        cli.exit_with_error(f"data directory {cfg.task.data} not found")
     try:
         task = tasks.setup_task(cfg.task)
     except Exception as err:  # fairseq raises plain Exceptions for missing dictionaries/languages
-        options.exit_with_error(f"data directory {cfg.task.data}: {first_line(err)} "
+        cli.exit_with_error(f"data directory {cfg.task.data}: {first_line(err)} "
                                 f"(set --source-lang/--target-lang?)")
     try:
         task.load_dataset(cfg.dataset.gen_subset)
     except FileNotFoundError as err:
-        options.exit_with_error(f"--gen-subset {cfg.dataset.gen_subset}: {first_line(err)}")
+        cli.exit_with_error(f"--gen-subset {cfg.dataset.gen_subset}: {first_line(err)}")
     return task
 
 
@@ -291,14 +291,14 @@ def check_target_dictionary(label: str, path: str, state, task) -> None:
     if trained_with is not None:
         difference = dictionary_difference(ours.symbols, Dictionary.load(trained_with).symbols)
         if difference:
-            options.exit_with_error(
+            cli.exit_with_error(
                 f"--model {label}: the target dictionary of {path} ({trained_with}) differs from "
                 f"{data_dict} at {difference}")
         return
     weights = state.get("model", {})
     for key in ("decoder.output_projection.weight", "decoder.embed_out", "decoder.embed_tokens.weight"):
         if key in weights and weights[key].size(0) != len(ours):
-            options.exit_with_error(
+            cli.exit_with_error(
                 f"--model {label}: {path} predicts {weights[key].size(0)} target symbols, but "
                 f"{data_dict} has {len(ours)}: the target dictionaries differ")
         if key in weights:
@@ -318,13 +318,13 @@ def load_models(specs: Sequence[ModelSpec], task, cfg) -> dict[str, list]:
             try:
                 state = checkpoint_utils.load_checkpoint_to_cpu(path)
             except Exception as err:
-                options.exit_with_error(f"--model {spec.label}: cannot load {path}: {first_line(err)}")
+                cli.exit_with_error(f"--model {spec.label}: cannot load {path}: {first_line(err)}")
             check_target_dictionary(spec.label, path, state, task)
             try:
                 models, _, _ = checkpoint_utils.load_model_ensemble_and_task([path], task=task,
                                                                             state=state)
             except Exception as err:
-                options.exit_with_error(f"--model {spec.label}: {path} does not fit {cfg.task.data}: "
+                cli.exit_with_error(f"--model {spec.label}: {path} does not fit {cfg.task.data}: "
                                         f"{first_line(err)}")
             for model in models:
                 if use_cuda:
@@ -358,15 +358,15 @@ def load_batches(task, cfg, positions) -> list[dict]:
     except AssertionError as err:  # "Sentences lengths should not exceed max_tokens=N"
         if "max_tokens" not in str(err):
             raise
-        options.exit_with_error(f"--max-tokens {cfg.dataset.max_tokens}: {first_line(err)}")
+        cli.exit_with_error(f"--max-tokens {cfg.dataset.max_tokens}: {first_line(err)}")
     except Exception as err:  # a plain Exception for a sentence longer than the models accept
         if "is invalid" not in str(err):
             raise
-        options.exit_with_error(f"--gen-subset {subset}: {first_line(err)}")
+        cli.exit_with_error(f"--gen-subset {subset}: {first_line(err)}")
     use_cuda = torch.cuda.is_available() and not cfg.common.cpu
     batches = [utils.move_to_cuda(s) if use_cuda else s for s in itr if "net_input" in s]
     if not batches:
-        options.exit_with_error(f"--gen-subset {subset}: no sentence to translate (all skipped, or "
+        cli.exit_with_error(f"--gen-subset {subset}: no sentence to translate (all skipped, or "
                                 f"fewer than --required-batch-size-multiple)")
     return batches
 
@@ -376,12 +376,12 @@ def load_batches(task, cfg, positions) -> list[dict]:
 def calibration_by_temperature(models, batches, temperatures, pad: int, n_bins: int) -> dict:
     """``{T: CalibrationStats}`` from one teacher-forced forward pass per batch.
 
-    The generation hook's quantities (``ensemble_log_probs`` at ``T``, every non-pad target
+    The generation hook's quantities (``decoder_log_probs`` at ``T``, every non-pad target
     position).  A single model whose output is a plain softmax is scored from its logits for all
     temperatures at once (:func:`~ls_plugins.calibration.update_at_temperatures`).
     """
     from .calibration import CalibrationStats, update_at_temperatures
-    from .teacher_forcing import decoder_logits, ensemble_log_probs
+    from .teacher_forcing import decoder_logits, decoder_log_probs
 
     stats = {t: CalibrationStats(n_bins) for t in temperatures}
     plain_softmax = len(models) == 1 and getattr(models[0].decoder, "adaptive_softmax", None) is None
@@ -391,7 +391,7 @@ def calibration_by_temperature(models, batches, temperatures, pad: int, n_bins: 
             update_at_temperatures(stats, outputs[0][0], sample["target"], ignore_index=pad)
         else:
             for t in temperatures:
-                stats[t].update(ensemble_log_probs(models, outputs, t), sample["target"],
+                stats[t].update(decoder_log_probs(models, outputs, t), sample["target"],
                                 ignore_index=pad)
     return stats
 

@@ -40,8 +40,8 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from . import options
-from .losses import ensemble_log_probs, topk_log_probs
+from . import cli
+from .losses import ensemble_tempered_log_probs, topk_log_probs
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class TeacherEnsemble:
                 net_output = model(**net_input)
                 outs.append(model.get_normalized_probs(net_output, log_probs=True))
         with torch.no_grad():
-            return ensemble_log_probs(outs, temperature)
+            return ensemble_tempered_log_probs(outs, temperature)
 
 
 def load_teachers(spec: str, student_task, teacher_data: Optional[str] = None,
@@ -483,14 +483,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="cache directory (one subdirectory per split)")
     parser.add_argument("--split", default="train",
                         help="split(s) to cache, comma-separated (default: train)")
-    parser.add_argument("--topk", type=options.int_at_least("--topk", 1), default=8,
+    parser.add_argument("--topk", type=cli.int_at_least("--topk", 1), default=8,
                         help="classes kept per position, 1 <= k <= K (default 8)")
-    parser.add_argument("--temperature", type=options.positive_float("--temperature"), default=1.0,
+    parser.add_argument("--temperature", type=cli.positive_float("--temperature"), default=1.0,
                         help="T_c the log-probabilities are stored at; with one teacher any "
                              "training T works (the tail is exact at T_c), an ensemble needs "
                              "the training T (default 1)")
-    parser.add_argument("--max-tokens", type=options.int_at_least("--max-tokens", 1), default=4000)
-    parser.add_argument("--batch-size", type=options.int_at_least("--batch-size", 1), default=None)
+    parser.add_argument("--max-tokens", type=cli.int_at_least("--max-tokens", 1), default=4000)
+    parser.add_argument("--batch-size", type=cli.int_at_least("--batch-size", 1), default=None)
     parser.add_argument("--cpu", action="store_true", help="run on CPU even if CUDA is available")
     parser.add_argument("--fp16", action="store_true", help="run the teacher in float16 (CUDA)")
     parser.add_argument("--no-progress-bar", action="store_true")
@@ -507,10 +507,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from fairseq import tasks
 
     if not os.path.isdir(args.data):
-        options.exit_with_error(f"data: no such directory: {args.data}")
+        cli.exit_with_error(f"data: no such directory: {args.data}")
     splits = [s for s in args.split.split(",") if s]
     if not splits:
-        options.exit_with_error("--split: no split given")
+        cli.exit_with_error("--split: no split given")
     paths = split_paths(args.teacher_path)
     try:
         if not paths:
@@ -539,7 +539,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 raise TeacherError(f"--split: cannot load split {split!r} of {args.data}: "
                                    f"{_first_line(err)}") from None
     except TeacherError as err:
-        options.exit_with_error(str(err))
+        cli.exit_with_error(str(err))
 
     use_cuda = torch.cuda.is_available() and not args.cpu
     device = "cuda" if use_cuda else "cpu"

@@ -2,7 +2,7 @@
 
 Paper section 3: token-level calibration is measured on next-token predictions *given the
 reference prefix*.  ``decoder_logits`` runs each model once on a batch with the reference as
-decoder input; ``ensemble_log_probs`` applies a temperature and averages the models'
+decoder input; ``decoder_log_probs`` applies a temperature and averages the models'
 probabilities exactly as fairseq's beam search does
 (:func:`ls_plugins.losses.log_mean_probs`).  Any number of temperatures can be applied
 to the same logits, so a temperature sweep costs one forward pass.
@@ -28,7 +28,7 @@ def decoder_logits(models: Sequence[torch.nn.Module], sample: dict) -> list[tupl
 
 
 @torch.inference_mode()
-def ensemble_log_probs(models: Sequence[torch.nn.Module], outputs: Sequence[tuple],
+def decoder_log_probs(models: Sequence[torch.nn.Module], outputs: Sequence[tuple],
                        temperature: float = 1.0) -> Tensor:
     """Log-probabilities ``B x T x V`` of the ensemble at temperature ``T`` (float32)."""
     log_probs = []

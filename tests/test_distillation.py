@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ls_plugins.losses import (TopKTeacher, distillation_loss, distillation_terms,
-                               ensemble_log_probs, equivalent_smoothing, incorrect_mass,
+                               ensemble_tempered_log_probs, equivalent_smoothing, incorrect_mass,
                                smoothed_cross_entropy, soft_cross_entropy, tempered_log_probs,
                                tempered_probs, topk_log_probs, topk_teacher,
                                topk_teacher_from_log_probs)
@@ -154,10 +154,10 @@ def test_incorrect_mass_is_summable(batch):
 
 def test_ensemble_log_probs_average_tempered_probabilities(batch):
     student, teacher, _ = batch
-    got = ensemble_log_probs([student, teacher], 2.0)
+    got = ensemble_tempered_log_probs([student, teacher], 2.0)
     want = ((tempered_probs(student, 2.0) + tempered_probs(teacher, 2.0)) / 2).log()
     assert torch.allclose(got, want, atol=1e-12)
-    assert torch.allclose(ensemble_log_probs([teacher], 3.0), tempered_log_probs(teacher, 3.0))
+    assert torch.allclose(ensemble_tempered_log_probs([teacher], 3.0), tempered_log_probs(teacher, 3.0))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -384,7 +384,7 @@ def test_cache_tool_refuses_bad_k(bible, ls_checkpoint, tmp_path, capsys):
         main([str(bible / "bin"), "--teacher-path", str(ls_checkpoint), "--out", str(tmp_path),
               "--topk", "0"])
     assert exit_info.value.code == 2
-    assert "--topk must be an integer >= 1" in capsys.readouterr().err
+    assert "--topk: must be an integer >= 1" in capsys.readouterr().err
     K = dictionary_size(bible)
     result = run([command("ls-cache-teacher"), bible / "bin", "--teacher-path", ls_checkpoint,
                   "--out", tmp_path / "c", "--topk", K + 1], check=False)

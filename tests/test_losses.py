@@ -78,5 +78,5 @@ def test_bad_alpha_prior_and_reduction_are_refused():
     with pytest.raises(ValueError, match="reduction"):
         smoothed_cross_entropy(logits, target, 0.1, ignore_index=PAD, reduction="avg")
     for alpha in (-0.1, 1.0, 1.5, float("nan")):
-        with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\)"):
+        with pytest.raises(ValueError, match=r"alpha: must be in \[0, 1\)"):
             smoothed_cross_entropy(logits, target, alpha)

@@ -30,11 +30,11 @@ def checkpoints(tmp_path_factory):
 
 
 BAD_INPUTS = {
-    "alpha above 1": (["--label-smoothing", "1.5"], "--label-smoothing must be in [0, 1), got 1.5"),
+    "alpha above 1": (["--label-smoothing", "1.5"], "--label-smoothing: must be in [0, 1), got 1.5"),
     "beta above 1": (["--teacher", "{good}", "--distill-weight", "1.5"],
-                     "--distill-weight must be in [0, 1], got 1.5"),
+                     "--distill-weight: must be in [0, 1], got 1.5"),
     "temperature zero": (["--teacher", "{good}", "--distill-temperature", "0"],
-                         "--distill-temperature must be a finite number > 0, got 0.0"),
+                         "--distill-temperature: must be a finite number > 0, got 0.0"),
     "unknown model": (["--model", "vgg16"], "argument --model: invalid choice: 'vgg16'"),
     "unknown dataset": (["--dataset", "imagenet"], "argument --dataset: invalid choice: 'imagenet'"),
     "teacher with 100 classes": (["--teacher", "{wrong}"],
@@ -76,21 +76,21 @@ def test_bad_input_is_one_error_line_with_exit_code_2(bad_runs, name):
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1), got 1.0"),
-    (["--label-smoothing", "-0.1"], "--label-smoothing must be in [0, 1), got -0.1"),
-    (["--label-smoothing", "nan"], "--label-smoothing must be in [0, 1), got nan"),
-    (["--teacher", "x.pt", "--distill-weight", "-0.5"], "--distill-weight must be in [0, 1], got -0.5"),
+    (["--label-smoothing", "1"], "--label-smoothing: must be in [0, 1), got 1.0"),
+    (["--label-smoothing", "-0.1"], "--label-smoothing: must be in [0, 1), got -0.1"),
+    (["--label-smoothing", "nan"], "--label-smoothing: must be in [0, 1), got nan"),
+    (["--teacher", "x.pt", "--distill-weight", "-0.5"], "--distill-weight: must be in [0, 1], got -0.5"),
     (["--teacher", "x.pt", "--distill-temperature", "-2"],
-     "--distill-temperature must be a finite number > 0, got -2.0"),
+     "--distill-temperature: must be a finite number > 0, got -2.0"),
     (["--teacher", "x.pt", "--distill-temperature", "inf"],
-     "--distill-temperature must be a finite number > 0, got inf"),
+     "--distill-temperature: must be a finite number > 0, got inf"),
     (["--distill-weight", "0.5"], "--distill-weight needs --teacher"),
-    (["--epochs", "0"], "--epochs must be >= 1, got 0"),
+    (["--epochs", "0"], "--epochs: must be >= 1, got 0"),
     (["--amp", "--device", "cpu"], "--amp needs --device cuda"),
     (["--test-only"], "--test-only needs --resume CKPT"),
     (["--resume", "/nonexistent/checkpoint.pt"], "--resume: no such file"),
     (["--teacher", "/nonexistent/teacher.pt"], "--teacher: no such file"),
-    (["--calibration-bins", "0"], "number of calibration bins must be an integer >= 1, got 0"),
+    (["--calibration-bins", "0"], "--calibration-bins: must be an integer >= 1, got 0"),
 ])
 def test_more_bad_input_in_process(arguments, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -35,7 +35,7 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
 
-from .. import options
+from .. import cli
 from ..calibration import DEFAULT_BINS
 from ..losses import (TAIL_MODES, check_probability, check_temperature, distillation_terms,
                       incorrect_mass, topk_teacher, topk_teacher_from_log_probs)
@@ -92,10 +92,10 @@ class DistillationCrossEntropyConfig(FairseqDataclass):
 
 DISTILLATION_CHECKS = {
     **COMMON_CHECKS,
-    "--distill-weight": options.probability("--distill-weight", upper_inclusive=True),
-    "--distill-temperature": options.positive_float("--distill-temperature"),
-    "--teacher-topk": options.int_at_least("--teacher-topk", 1),
-    "--teacher-tail": options.one_of("--teacher-tail", TAIL_MODES),
+    "--distill-weight": cli.probability("--distill-weight", upper_inclusive=True),
+    "--distill-temperature": cli.positive_float("--distill-temperature"),
+    "--teacher-topk": cli.int_at_least("--teacher-topk", 1),
+    "--teacher-tail": cli.one_of("--teacher-tail", TAIL_MODES),
 }
 
 
@@ -117,13 +117,13 @@ class DistillationCrossEntropyCriterion(LabelSmoothingCriterionBase):
             raise ValueError(f"--teacher-tail must be one of {', '.join(TAIL_MODES)}, got {self.tail!r}")
         num_classes = len(task.target_dictionary)
         if teacher_topk is not None and not 1 <= int(teacher_topk) <= num_classes:
-            options.exit_with_error(f"--teacher-topk must be an integer in [1, K={num_classes}] "
+            cli.exit_with_error(f"--teacher-topk must be an integer in [1, K={num_classes}] "
                                     f"(K: the target dictionary), got {teacher_topk}")
         self.topk = None if teacher_topk is None else int(teacher_topk)
         self.train_subset = str(train_subset)
         self.valid_subsets = [] if disable_validation else [s for s in str(valid_subset).split(",") if s]
         if not teacher_path and not teacher_cache:
-            options.exit_with_error("--teacher-path: distillation_ce needs a teacher: "
+            cli.exit_with_error("--teacher-path: distillation_ce needs a teacher: "
                                     "--teacher-path CKPT[:CKPT...] or --teacher-cache DIR")
         try:
             self.caches = self._open_caches(teacher_cache, need_all=not teacher_path)
@@ -131,7 +131,7 @@ class DistillationCrossEntropyCriterion(LabelSmoothingCriterionBase):
             self.teachers = (load_teachers(teacher_path, task, teacher_data)
                              if teacher_path else None)
         except TeacherError as err:
-            options.exit_with_error(str(err))
+            cli.exit_with_error(str(err))
 
     def _open_caches(self, root, need_all: bool) -> dict:
         if not root:
@@ -159,7 +159,7 @@ class DistillationCrossEntropyCriterion(LabelSmoothingCriterionBase):
     @classmethod
     def add_args(cls, parser):
         super().add_args(parser)
-        options.install_checks(parser, DISTILLATION_CHECKS)
+        cli.install_checks(parser, DISTILLATION_CHECKS)
 
     # -- the teacher's distribution for a batch ------------------------------------------------
 
@@ -178,7 +178,7 @@ class DistillationCrossEntropyCriterion(LabelSmoothingCriterionBase):
                         cache = candidate
                         break
             if cache is None and self.teachers is None:
-                options.exit_with_error("--teacher-cache: no cached split matches this "
+                cli.exit_with_error("--teacher-cache: no cached split matches this "
                                         "validation batch and no --teacher-path was given")
         if cache is not None:
             cache.check_dataset(self.task.datasets.get(cache.split))
@@ -201,7 +201,7 @@ class DistillationCrossEntropyCriterion(LabelSmoothingCriterionBase):
         log_probs = self._strip_prefix(self.teachers.log_probs(sample["net_input"], self.temperature))
         log_probs = log_probs.reshape(-1, log_probs.size(-1))
         if log_probs.size(-1) != num_classes:
-            options.exit_with_error(f"--teacher-path: the teacher predicts {log_probs.size(-1)} "
+            cli.exit_with_error(f"--teacher-path: the teacher predicts {log_probs.size(-1)} "
                                     f"classes, the student {num_classes}")
         if self.topk is None or self.topk == num_classes:
             return log_probs.exp()
@@ -213,7 +213,7 @@ class DistillationCrossEntropyCriterion(LabelSmoothingCriterionBase):
         try:
             teacher = self.teacher_distribution(model, sample, lprobs.size(-1))
         except TeacherError as err:
-            options.exit_with_error(str(err))
+            cli.exit_with_error(str(err))
         # log-probabilities are valid logits: the soft term re-tempers them when T != 1
         loss, nll_loss, soft = distillation_terms(
             None, None, target, beta=self.beta, temperature=self.temperature, alpha=self.alpha,

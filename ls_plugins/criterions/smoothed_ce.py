@@ -13,7 +13,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from omegaconf import II
 
-from .. import options
+from .. import cli
 from ..calibration import DEFAULT_BINS, check_bins
 from ..losses import check_probability, smoothed_nll_from_lprobs, unigram_prior
 from .common import accuracy_logging_output, calibration_logging_output, reduce_loss_metrics
@@ -47,9 +47,9 @@ def validate_common_options(label_smoothing: float, calibration_bins: int, ignor
 
 
 COMMON_CHECKS = {
-    "--label-smoothing": options.probability("--label-smoothing"),
-    "--calibration-bins": options.int_at_least("--calibration-bins", 1),
-    "--ignore-prefix-size": options.int_at_least("--ignore-prefix-size", 0),
+    "--label-smoothing": cli.probability("--label-smoothing"),
+    "--calibration-bins": cli.int_at_least("--calibration-bins", 1),
+    "--ignore-prefix-size": cli.int_at_least("--ignore-prefix-size", 0),
 }
 
 
@@ -109,9 +109,9 @@ class SmoothedCrossEntropyCriterion(LabelSmoothingCriterionBase):
     @classmethod
     def add_args(cls, parser):
         super().add_args(parser)
-        options.install_checks(parser, {
+        cli.install_checks(parser, {
             **COMMON_CHECKS,
-            "--smoothing-prior": options.one_of("--smoothing-prior", SMOOTHING_PRIORS)})
+            "--smoothing-prior": cli.one_of("--smoothing-prior", SMOOTHING_PRIORS)})
 
     def forward(self, model, sample, reduce=True):
         net_output = model(**sample["net_input"])

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from fairseq.scoring import register_scorer
 from fairseq.scoring.bleu import SacrebleuConfig, SacrebleuScorer
 
-from .. import options
+from .. import cli
 from ..tasks import translation_calibration
 
 
@@ -27,7 +27,7 @@ class CalibrationScorer(SacrebleuScorer):
         super().__init__(cfg)
         self.task = translation_calibration.ACTIVE_TASK
         if self.task is None:
-            options.exit_with_error("--scoring calibration needs --task translation_calibration")
+            cli.exit_with_error("--scoring calibration needs --task translation_calibration")
 
     def result_string(self, order=4):
         return f"{super().result_string(order)}\n{self.task.calibration_report()}"

@@ -18,10 +18,10 @@ import torch
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from .. import options
+from .. import cli
 from ..atomic import write_json
 from ..calibration import DEFAULT_BINS, CalibrationStats, check_bins, fit_temperature
-from ..teacher_forcing import decoder_logits, ensemble_log_probs
+from ..teacher_forcing import decoder_logits, decoder_log_probs
 
 # The task instance of this process whose statistics the ``calibration`` scorer reports: fairseq
 # builds the scorer from its own config only, so the two meet here.
@@ -51,7 +51,7 @@ def check_writable(option: str, path: Optional[str]) -> None:
         return
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory) or not os.access(directory, os.W_OK) or os.path.isdir(path):
-        options.exit_with_error(f"{option}: cannot write {path} (directory missing or not writable)")
+        cli.exit_with_error(f"{option}: cannot write {path} (directory missing or not writable)")
 
 
 @register_task("translation_calibration", dataclass=TranslationCalibrationConfig)
@@ -74,9 +74,9 @@ class TranslationCalibrationTask(TranslationTask):
     @classmethod
     def add_args(cls, parser):
         super().add_args(parser)
-        options.install_checks(parser, {
-            "--calibration-bins": options.int_at_least("--calibration-bins", 1),
-            "--temperature": options.positive_float("--temperature"),
+        cli.install_checks(parser, {
+            "--calibration-bins": cli.int_at_least("--calibration-bins", 1),
+            "--temperature": cli.positive_float("--temperature"),
         })
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
@@ -96,7 +96,7 @@ class TranslationCalibrationTask(TranslationTask):
 
     def score_teacher_forced(self, models, sample) -> None:
         """Add the batch's teacher-forced next-token predictions at ``self.temperature``."""
-        lprobs = ensemble_log_probs(models, decoder_logits(models, sample), self.temperature)
+        lprobs = decoder_log_probs(models, decoder_logits(models, sample), self.temperature)
         target = sample["target"]
         pad = self.target_dictionary.pad()
         self.calibration.update(lprobs, target, ignore_index=pad)

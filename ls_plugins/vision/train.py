@@ -131,13 +131,13 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
                                    ("--eval-batch-size", args.eval_batch_size, 1),
                                    ("--workers", args.workers, 0)):
         if value is not None and value < minimum:
-            parser.error(f"{option} must be >= {minimum}, got {value}")
+            parser.error(f"{option}: must be >= {minimum}, got {value}")
     if not 0.0 <= args.momentum < 1.0:
-        parser.error(f"--momentum must be in [0, 1), got {args.momentum}")
+        parser.error(f"--momentum: must be in [0, 1), got {args.momentum}")
     if not args.weight_decay >= 0.0:
-        parser.error(f"--wd must be >= 0, got {args.weight_decay}")
+        parser.error(f"--wd: must be >= 0, got {args.weight_decay}")
     if args.dataset in data.CIFAR_STATS and not 1 <= args.val_size < 50000:
-        parser.error(f"--val-size must be in [1, 50000), got {args.val_size}")
+        parser.error(f"--val-size: must be in [1, 50000), got {args.val_size}")
     if args.teacher is None:
         for option, value in (("--distill-temperature", args.distill_temperature),
                               ("--distill-weight", args.distill_weight)):
