@@ -206,7 +206,11 @@ class CalibrationStats:
         """A new ``CalibrationStats`` holding both sets of predictions (exact)."""
         if other.n_bins != self.n_bins:
             raise ValueError(f"cannot merge statistics with {self.n_bins} and {other.n_bins} bins")
-        merged = CalibrationStats(self.n_bins, adaptive=self.adaptive and other.adaptive)
+        if other.adaptive != self.adaptive:
+            raise ValueError(f"cannot merge statistics with adaptive={self.adaptive} and "
+                             f"adaptive={other.adaptive}: the adaptive ECE needs every "
+                             f"prediction's confidence from both")
+        merged = CalibrationStats(self.n_bins, adaptive=self.adaptive)
         merged.counts = self.counts + other.counts
         merged.conf_sums = self.conf_sums + other.conf_sums
         merged.correct_sums = self.correct_sums + other.correct_sums

@@ -85,6 +85,20 @@ def test_merge_of_shards_equals_whole_and_ignore_index():
         whole.merge(CalibrationStats(10))
 
 
+def test_merge_keeps_adaptive_values_and_refuses_mixed_kinds():
+    logits, target = random_predictions(6, n=400)
+    whole, first, second = (CalibrationStats(10, adaptive=True) for _ in range(3))
+    whole.update(logits, target)
+    first.update(logits[:150], target[:150])
+    second.update(logits[150:], target[150:])
+    assert (first + second).adaptive_ece() == pytest.approx(whole.adaptive_ece(), abs=1e-12)
+    plain = CalibrationStats(10)
+    plain.update(logits[150:], target[150:])
+    for left, right in ((first, plain), (plain, first)):
+        with pytest.raises(ValueError, match="adaptive=True and adaptive=False|adaptive=False and adaptive=True"):
+            left.merge(right)
+
+
 def test_temperature_applies_as_logits_over_t():
     logits, target = random_predictions(4)
     scaled, plain = CalibrationStats(), CalibrationStats()
