@@ -6,9 +6,11 @@ atomically (temporary file, then rename).
 from __future__ import annotations
 
 import logging
+import math
 from typing import Mapping, Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -87,5 +89,145 @@ def temperature_sweep(results: Sequence[dict], path: str) -> None:
                for i, model in enumerate(models)]
     fig.legend(handles=handles, loc="upper center", ncol=len(models), fontsize=9,
                bbox_to_anchor=(0.5, 1.06))
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def projection_figure(panels: Mapping[str, Mapping[str, dict]], path: str,
+                      class_names: Mapping[int, str] | Sequence[str],
+                      title: str | None = None) -> None:
+    """Paper Fig. 1: penultimate activations projected on the plane of three class templates.
+
+    ``panels`` maps a row label (a run, e.g. ``"without LS"``, ``"with LS (α=0.1)"``) to a mapping
+    from a column label (``"training"``, ``"validation"``) to a panel: ``points`` (``N x 2``, from
+    ``analysis.project``), ``labels`` (``N`` class ids), and optionally ``tightness``
+    (``analysis.cluster_tightness``, shown in the title) and ``templates`` (``3 x 2``, the
+    templates' own points, drawn as black stars).  ``class_names`` maps a class id to its name
+    (a sequence is indexed by the id); each class keeps one colour in every panel.  The panels
+    of one row share one square scale (a run's), rows do not (runs differ in scale).
+    """
+    names = dict(class_names) if isinstance(class_names, Mapping) else dict(enumerate(class_names))
+    rows = list(panels)
+    columns = list(dict.fromkeys(column for row in rows for column in panels[row]))
+    present = {int(label) for row in rows for panel in panels[row].values()
+               for label in np.asarray(panel["labels"]).reshape(-1)}
+    order = [label for label in names if label in present] + sorted(present - set(names))
+    colours = {label: f"C{i % 10}" for i, label in enumerate(order)}
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(3.6 * len(columns), 3.6 * len(rows)),
+                             squeeze=False)
+    for r, row in enumerate(rows):
+        drawn = [np.asarray(panel[key], dtype=float).reshape(-1, 2)
+                 for panel in panels[row].values() for key in ("points", "templates")
+                 if panel.get(key) is not None]
+        low, high = np.vstack(drawn).min(axis=0), np.vstack(drawn).max(axis=0)
+        centre, half = (low + high) / 2, max((high - low).max() / 2 * 1.08, 1e-9)
+        for c, column in enumerate(columns):
+            ax = axes[r][c]
+            panel = panels[row].get(column)
+            if panel is None:
+                ax.set_axis_off()
+                continue
+            points = np.asarray(panel["points"], dtype=float).reshape(-1, 2)
+            labels = np.asarray(panel["labels"]).reshape(-1)
+            size = float(np.clip(4000 / max(len(points), 1), 5, 25))  # few points: bigger dots
+            for label, colour in colours.items():
+                mine = labels == label
+                ax.scatter(points[mine, 0], points[mine, 1], s=size, color=colour, linewidths=0,
+                           alpha=0.45 if len(points) > 300 else 0.8, rasterized=True)
+            if panel.get("templates") is not None:
+                stars = np.asarray(panel["templates"], dtype=float).reshape(-1, 2)
+                ax.scatter(stars[:, 0], stars[:, 1], marker="*", s=140, color="black",
+                           edgecolors="white", linewidths=0.8, zorder=3)
+            heading = f"{row} — {column}"
+            if panel.get("tightness") is not None:
+                heading += f"\ntightness {panel['tightness']:.3g}"
+            ax.set_title(heading, fontsize=9)
+            ax.set_xlim(centre[0] - half, centre[0] + half)  # one square scale per row (run)
+            ax.set_ylim(centre[1] - half, centre[1] + half)
+            ax.set_aspect("equal", adjustable="box")
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.2)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], linestyle="", marker="o", color=colour,
+                      label=names.get(label, str(label))) for label, colour in colours.items()]
+    if any(panel.get("templates") is not None for row in rows for panel in panels[row].values()):
+        handles.append(Line2D([], [], linestyle="", marker="*", markersize=11, color="black",
+                              label="class templates"))
+    fig.tight_layout()
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False,
+               bbox_to_anchor=(0.5, 1.0))
+    if title:
+        fig.suptitle(title, y=1.0 + 0.45 / fig.get_figheight(), va="bottom", fontsize=11)
+    save_figure(fig, path)
+
+
+def mutual_information_figure(curves: Mapping[str, Sequence[tuple[float, float]]], path: str,
+                              n_examples: int) -> None:
+    """Paper Fig. 6: the estimated mutual information between example and logits over training.
+
+    ``curves`` maps a run label (e.g. ``"α=0"``, ``"α=0.1"``) to ``(epoch, estimate)`` points
+    (nats, from ``analysis.estimate_mutual_information`` on ``n_examples`` examples).  Dashed
+    lines mark ``log 2`` (all examples collapsed into two clusters: only the class is left) and
+    ``log N`` (every example told apart), the estimator's range.
+    """
+    fig, ax = plt.subplots(figsize=(5.6, 3.9))
+    markers = ["o", "s", "^", "d", "v", "x"]
+    for i, (label, points) in enumerate(curves.items()):
+        epochs, estimates = zip(*sorted(points)) if points else ((), ())
+        ax.plot(epochs, estimates, marker=markers[i % len(markers)], markersize=4, linewidth=1.5,
+                label=label)
+    log_n = math.log(n_examples)
+    for level, style in [(math.log(2), "--"), (log_n, ":")]:
+        ax.axhline(level, color="grey", linestyle=style, linewidth=1)
+    levels = ax.secondary_yaxis("right")  # the two levels named beside the axes, clear of data
+    levels.set_yticks([math.log(2), log_n],
+                      labels=["log 2\n(two clusters)", f"log N\n(N={n_examples})"])
+    levels.tick_params(labelsize=8, colors="dimgrey")
+    ax.set_ylim(0, log_n * 1.1)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("estimated mutual information (nats)")
+    ax.set_title("Mutual information between example and logit difference", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(len(curves), 3), fontsize=8,
+              frameon=False)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+EQUAL_GAMMA_CURVES = {  # key -> (legend label, line style), the paper's Fig. 5 styles
+    "teacher": ("teacher with LS (α=γ)", dict(color="tab:blue", linestyle="-", marker="o")),
+    "student_ls": ("student, LS α=γ", dict(color="#74b9e8", linestyle="-", marker="o")),
+    "student_hard_teacher": ("student distilled from hard teacher at T matching γ",
+                             dict(color="tab:red", linestyle="--", marker="s")),
+    "student_ls_teacher": ("student distilled from LS teacher (T=1)",
+                           dict(color="tab:blue", linestyle="--", marker="^")),
+}
+
+
+def equal_gamma_figure(series: Mapping[str, Sequence[tuple]], path: str,
+                       metric_name: str = "accuracy") -> None:
+    """Paper Fig. 5: a metric (accuracy, BLEU) against the equivalent smoothing γ.
+
+    ``series`` maps a key of :data:`EQUAL_GAMMA_CURVES` (``teacher``, ``student_ls``,
+    ``student_hard_teacher``, ``student_ls_teacher``; other keys are drawn plainly, labelled by
+    the key) to points ``(γ, value)`` or ``(γ, value, half_width)`` (an error bar, e.g. over
+    seeds).
+    """
+    fig, ax = plt.subplots(figsize=(6.0, 4.2))
+    for key, points in series.items():
+        if not points:
+            continue
+        label, style = EQUAL_GAMMA_CURVES.get(key, (key, dict(marker="o")))
+        points = sorted(tuple(p) for p in points)
+        gammas, values = [p[0] for p in points], [p[1] for p in points]
+        errors = [p[2] for p in points] if all(len(p) > 2 for p in points) else None
+        ax.errorbar(gammas, values, yerr=errors, label=label, linewidth=1.6, markersize=4.5,
+                    capsize=2.5, **style)
+    ax.set_xlabel("equivalent label smoothing γ")
+    ax.set_ylabel(metric_name)
+    ax.set_title(f"Distillation at equal γ: {metric_name}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     save_figure(fig, path)

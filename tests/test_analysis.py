@@ -397,3 +397,57 @@ def test_bisection_bad_input_names_the_argument(call, message):
     with pytest.raises(ValueError) as error:
         call()
     assert str(error.value).startswith(message)
+
+
+# -- figures (Fig. 1, 5, 6) ----------------------------------------------------------------------
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+
+
+def test_projection_figure_renders(layer, tmp_path):
+    from ls_plugins import plots
+
+    weight, bias, activations, labels = layer
+    classes = [1, 3, 4]
+    origin, basis = template_plane(weight, bias, classes)
+    keep = np.isin(labels, classes)
+    x, y = activations[keep], labels[keep]
+    panel = dict(points=project(x, origin, basis).numpy(), labels=y,
+                 tightness=cluster_tightness(x, y),
+                 templates=((torch.tensor(numpy_templates(weight, bias)[classes]) - origin)
+                            @ basis.T).numpy())
+    names = {1: "airplane", 3: "automobile", 4: "bird"}
+    path = tmp_path / "projection.png"
+    plots.projection_figure({"without LS": {"training": panel, "validation": panel},
+                             "with LS": {"training": panel}}, str(path), names, title="toy")
+    assert_png(path)
+    one = tmp_path / "one.png"
+    plots.projection_figure({"run": {"training": {"points": panel["points"], "labels": y}}},
+                            str(one), ["a", "airplane", "b", "automobile", "bird"])
+    assert_png(one)
+
+
+def test_mutual_information_figure_renders(tmp_path):
+    from ls_plugins import plots
+
+    path = tmp_path / "mi.png"
+    plots.mutual_information_figure({"α=0": [(0, 0.1), (1, 3.0), (2, 2.5)],
+                                     "α=0.1": [(2, 1.0), (0, 0.1), (1, 2.2)]}, str(path), 600)
+    assert_png(path)
+
+
+def test_equal_gamma_figure_renders(tmp_path):
+    from ls_plugins import plots
+
+    path = tmp_path / "gamma.png"
+    gammas = [0.0, 0.1, 0.3, 0.6]
+    plots.equal_gamma_figure({
+        "teacher": [(g, 0.93 + 0.01 * g) for g in gammas],
+        "student_ls": [(g, 0.86 - 0.01 * g, 0.003) for g in gammas],
+        "student_hard_teacher": [(g, 0.875, 0.002) for g in gammas[1:]],
+        "student_ls_teacher": [(g, 0.86 - 0.02 * g) for g in gammas[1:]],
+        "another run": [(0.2, 0.85)],
+    }, str(path), metric_name="BLEU")
+    assert_png(path)
