@@ -10,7 +10,6 @@ a :class:`~ls_plugins.calibration.CalibrationStats`.  The hypotheses are untouch
 :mod:`ls_plugins.scoring.calibration`); the task writes the JSON and the reliability diagram.
 """
 
-import os
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -45,15 +44,6 @@ class TranslationCalibrationConfig(TranslationConfig):
                                          "2 bytes x vocabulary per token) in memory"})
 
 
-def check_writable(option: str, path: Optional[str]) -> None:
-    """Exit with a one-line error unless ``path``'s directory exists and is writable."""
-    if path is None:
-        return
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory) or not os.access(directory, os.W_OK) or os.path.isdir(path):
-        cli.exit_with_error(f"{option}: cannot write {path} (directory missing or not writable)")
-
-
 @register_task("translation_calibration", dataclass=TranslationCalibrationConfig)
 class TranslationCalibrationTask(TranslationTask):
     cfg: TranslationCalibrationConfig
@@ -61,8 +51,6 @@ class TranslationCalibrationTask(TranslationTask):
     def __init__(self, cfg: TranslationCalibrationConfig, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
         check_bins(cfg.calibration_bins)
-        check_writable("--calibration-json", cfg.calibration_json)
-        check_writable("--calibration-plot", cfg.calibration_plot)
         self.temperature = 1.0
         self.scored_subset = None
         self.calibration = CalibrationStats(cfg.calibration_bins, adaptive=cfg.calibration_adaptive)
@@ -70,6 +58,16 @@ class TranslationCalibrationTask(TranslationTask):
         self._fit_targets = []
         global ACTIVE_TASK
         ACTIVE_TASK = self
+
+    @classmethod
+    def setup_task(cls, cfg: TranslationCalibrationConfig, **kwargs):
+        """Check the output paths (by a real write) before the dictionaries, models and data."""
+        with cli.exit_on_usage_error():
+            for option, path in (("--calibration-json", cfg.calibration_json),
+                                 ("--calibration-plot", cfg.calibration_plot)):
+                if path is not None:
+                    cli.check_output_file(option, path)
+        return super().setup_task(cfg, **kwargs)
 
     @classmethod
     def add_args(cls, parser):
