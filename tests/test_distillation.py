@@ -364,3 +364,36 @@ def test_fused_distillation_gradcheck(batch):
     assert torch.autograd.gradcheck(
         lambda x: distillation_terms(x, None, y, beta=0.4, temperature=2.0, alpha=0.1,
                                      ignore_index=PAD, teacher_probs=q, reduction="none"), (z,))
+
+
+@pytest.mark.parametrize("kind", ["dense", "uniform"])
+@pytest.mark.parametrize("ignore_index", [-100, K + 3, PAD])
+def test_ignore_index_outside_the_classes(batch, kind, ignore_index):
+    """ignore_index=-100 (PyTorch's and Hugging Face's convention) or >= K: values and gradients
+    equal plain autograd (torch's cross entropy + the soft term written out), ignored rows get 0."""
+    student, teacher, target = batch
+    target = target.masked_fill(target.eq(PAD), ignore_index)
+    keep = target.ne(ignore_index)
+    lp = tempered_log_probs(teacher, 2.0)
+    q = lp.exp() if kind == "dense" else topk_teacher(lp, 3)
+    q_dense = q if kind == "dense" else dense(q)
+    z = student.clone().requires_grad_(True)
+    loss, nll, soft = distillation_terms(z, None, target, beta=0.4, temperature=2.0, alpha=0.1,
+                                         ignore_index=ignore_index, teacher_probs=q)
+    (loss + 0.3 * nll + 0.2 * soft).backward()
+    z_ref = student.clone().requires_grad_(True)
+    flat = z_ref.reshape(-1, K)
+    ref_hard = torch.nn.functional.cross_entropy(flat, target.reshape(-1), label_smoothing=0.1,
+                                                 ignore_index=ignore_index, reduction="sum")
+    ref_nll = torch.nn.functional.cross_entropy(flat, target.reshape(-1),
+                                                ignore_index=ignore_index, reduction="sum")
+    ref_soft = -(q_dense * torch.log_softmax(z_ref / 2.0, -1)).sum(-1)[keep].sum()
+    ref_loss = 0.6 * ref_hard + 0.4 * ref_soft
+    (ref_loss + 0.3 * ref_nll + 0.2 * ref_soft).backward()
+    for got, want in ((loss, ref_loss), (nll, ref_nll), (soft, ref_soft)):
+        assert got.item() == pytest.approx(want.item(), rel=1e-12)
+    assert torch.allclose(z.grad, z_ref.grad, atol=1e-12)
+    assert z.grad[~keep].abs().max() == 0
+    per = distillation_loss(student, None, target, beta=0.4, temperature=2.0, alpha=0.1,
+                            ignore_index=ignore_index, teacher_probs=q, reduction="none")
+    assert per[~keep].abs().max() == 0

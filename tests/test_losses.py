@@ -73,10 +73,29 @@ def test_unigram_prior_with_equal_counts_is_uniform():
 
 def test_bad_alpha_prior_and_reduction_are_refused():
     logits, target = random_batch()
-    with pytest.raises(ValueError, match="unigram counts"):
+    with pytest.raises(ValueError, match="counts: must be a 1-D vector"):
         unigram_prior([0, 0, 0])
-    with pytest.raises(ValueError, match="reduction"):
+    with pytest.raises(ValueError, match="reduction: must be one of sum, mean, none, got .avg."):
         smoothed_cross_entropy(logits, target, 0.1, ignore_index=PAD, reduction="avg")
     for alpha in (-0.1, 1.0, 1.5, float("nan")):
         with pytest.raises(ValueError, match=r"alpha: must be in \[0, 1\)"):
             smoothed_cross_entropy(logits, target, alpha)
+
+
+def test_float64_input_is_not_narrowed():
+    """float64 logits give torch's float64 result (not a float32 one, 1e-4 away at this scale)."""
+    g = torch.Generator().manual_seed(11)
+    logits = (torch.randn(256, 50, generator=g, dtype=torch.float64) * 30).requires_grad_()
+    target = torch.randint(0, 50, (256,), generator=g)
+    target[::5] = PAD
+    ref_in = logits.detach().clone().requires_grad_()
+    ours = smoothed_cross_entropy(logits, target, 0.1, ignore_index=PAD)
+    ref = F.cross_entropy(ref_in, target, label_smoothing=0.1, ignore_index=PAD, reduction="sum")
+    assert ours.dtype == torch.float64
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    ours.backward()
+    ref.backward()
+    torch.testing.assert_close(logits.grad, ref_in.grad, rtol=1e-12, atol=1e-12)
+    # half precision is widened to float32, never computed in half
+    half = smoothed_cross_entropy(logits.detach().half(), target, 0.1, ignore_index=PAD)
+    assert half.dtype == torch.float32
