@@ -237,7 +237,7 @@ def test_mutual_information_against_brute_force():
 def test_mutual_information_chunks_agree(monkeypatch):
     values = np.random.default_rng(2).normal(size=(9, 5)) + np.arange(9)[:, None] * 0.3
     whole = estimate_mutual_information(values)
-    monkeypatch.setattr(analysis.mutual_information, "SAMPLES_PER_CHUNK", 4)
+    monkeypatch.setattr(analysis.mutual_information, "CELLS_PER_CHUNK", 4 * 9)  # 4 samples
     assert estimate_mutual_information(values) == pytest.approx(whole, rel=1e-12)
     assert whole == pytest.approx(brute_force_mutual_information(values), rel=1e-12)
 
