@@ -101,12 +101,36 @@ def test_ensemble_of_identical_models_and_sampling(bible, ls_checkpoint, scored,
     ("--calibration-bins", "0", "--calibration-bins"), ("--temperature", "0", "--temperature"),
     ("--temperature", "nan", "--temperature"), ("--temperature", "-1", "--temperature"),
     ("--calibration-json", "/nonexistent/dir/cal.json", "--calibration-json"),
-    ("--calibration-plot", "README.md/cal.png", "--calibration-plot")])
+    ("--calibration-plot", "README.md/cal.png", "--calibration-plot"),
+    # as root os.access says /proc is writable; only a real write finds out, before decoding
+    ("--calibration-plot", "/proc/cal.png", "--calibration-plot"),
+    ("--calibration-json", "/proc/cal.json", "--calibration-json"),
+    ("--calibration-json", "tests", "--calibration-json")])
 def test_bad_input_one_line_error(bible, ls_checkpoint, option, value, message):
     result = generate(bible, ls_checkpoint, option, value, check=False)
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0] and "Traceback" not in result.stderr
+
+
+def test_unwritable_output_refused_at_task_setup_when_not_from_the_command_line(bible, capsys):
+    """A hydra config or a program sets the outputs without the command line's checks: the task
+    tries the write when it is set up, before loading anything."""
+    from fairseq import tasks
+
+    from conftest import fairseq_setup
+
+    cfg, _, _ = fairseq_setup(bible / "bin", "--task", "translation_calibration")
+    capsys.readouterr()
+    for option, key in (("--calibration-plot", "calibration_plot"),
+                        ("--calibration-json", "calibration_json")):
+        cfg.task[key] = "/proc/cal.out"
+        with pytest.raises(SystemExit) as exit_info:
+            tasks.setup_task(cfg.task)
+        cfg.task[key] = None
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and f"error: {option}: must name a writable file" in err[0], err
 
 
 def test_scorer_without_task_is_refused(bible, ls_checkpoint):

@@ -44,6 +44,11 @@ class TranslationCalibrationConfig(TranslationConfig):
                                          "2 bytes x vocabulary per token) in memory"})
 
 
+def output_file(option: str):
+    """argparse type: a path a file can be written to (tried by a real write, then removed)."""
+    return cli.checked(option, lambda path: cli.check_output_file(option, path))
+
+
 @register_task("translation_calibration", dataclass=TranslationCalibrationConfig)
 class TranslationCalibrationTask(TranslationTask):
     cfg: TranslationCalibrationConfig
@@ -61,7 +66,8 @@ class TranslationCalibrationTask(TranslationTask):
 
     @classmethod
     def setup_task(cls, cfg: TranslationCalibrationConfig, **kwargs):
-        """Check the output paths (by a real write) before the dictionaries, models and data."""
+        """Check the output paths (by a real write) before the dictionaries, models and data
+        (again: a hydra config or a program sets them without the command line's checks)."""
         with cli.exit_on_usage_error():
             for option, path in (("--calibration-json", cfg.calibration_json),
                                  ("--calibration-plot", cfg.calibration_plot)):
@@ -75,6 +81,8 @@ class TranslationCalibrationTask(TranslationTask):
         cli.install_checks(parser, {
             "--calibration-bins": cli.int_at_least("--calibration-bins", 1),
             "--temperature": cli.positive_float("--temperature"),
+            "--calibration-json": output_file("--calibration-json"),
+            "--calibration-plot": output_file("--calibration-plot"),
         })
 
     def load_dataset(self, split, epoch=1, combine=False, **kwargs):
