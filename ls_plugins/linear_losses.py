@@ -28,7 +28,7 @@ gradients are computed in the forward pass (the upstream gradient is then a sing
 the backward pass multiplies in), so the logits are computed once; with ``reduction="none"`` the
 backward pass recomputes them chunk by chunk.  Math is float32 (float64 when an input is
 float64), under autocast too; gradients come back in the inputs' dtypes.  The vocabulary is not
-split: a chunk of ``CHUNK_BYTES / (K * 4)`` tokens bounds the buffer (128 tokens at K = 128k).
+split: a chunk of ``CHUNK_BYTES / (K * 4)`` tokens bounds the buffer (256 tokens at K = 128k).
 """
 from __future__ import annotations
 
@@ -38,19 +38,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .losses import (REDUCTIONS, TopKTeacher, _padding_mask, _reduce, check_probability,
-                     check_temperature, distillation_terms)
+from .cli import check_positive as check_temperature
+from .cli import check_probability
+from .losses import REDUCTIONS, _padding_mask, _reduce, distillation_terms
+from .topk_teacher import TopKTeacher
 
-CHUNK_BYTES = 64 * 2**20  # the chunk x K buffer: bounds the memory the loss needs beyond h, W
+CHUNK_BYTES = 128 * 2**20  # the chunk x K buffer: bounds the memory the loss needs beyond h, W
 
 
 class LinearLossTerms(NamedTuple):
     """The reduced loss, plain NLL ``-log p_y`` and soft term ``H(q, p(T))`` (unscaled), and the
-    arg-max class of every position (for accuracy).  Only ``loss`` carries a gradient."""
+    arg-max class of every position (for accuracy; ``None`` unless asked for).  Only ``loss``
+    carries a gradient."""
     loss: Tensor
     nll: Tensor
     soft: Tensor
-    predicted: Tensor
+    predicted: Optional[Tensor]
 
 
 class _Spec(NamedTuple):
@@ -61,6 +64,7 @@ class _Spec(NamedTuple):
     ignore_index: Optional[int]
     reduction: str
     chunk_size: int
+    predict: bool
 
 
 class _OutputLayer:
@@ -95,6 +99,11 @@ class _OutputLayer:
         return torch.addmm(self.bias, h, self.weight.t())
 
 
+def _sub_outer(out: Tensor, u: Tensor, v: Tensor) -> None:
+    """``out -= u v^T`` (a rank-one matrix product: BLAS, unlike ``addr_`` on CPU)."""
+    out.addmm_(u.unsqueeze(1), v.unsqueeze(0), alpha=-1.0)
+
+
 class _Gradients:
     """``dh``, ``dW``, ``db`` accumulated over chunks; rank-one parts folded in at the end."""
 
@@ -113,9 +122,9 @@ class _Gradients:
         if self.dh is not None:
             dh = torch.mm(dz, layer.weight, out=self.dh[rows])
             if u_prior is not None:
-                dh.addr_(u_prior, layer.w_prior, alpha=-1.0)
+                _sub_outer(dh, u_prior, layer.w_prior)
             if u_ones is not None:
-                dh.addr_(u_ones, layer.w_ones, alpha=-1.0)
+                _sub_outer(dh, u_ones, layer.w_ones)
         if self.dw is not None:
             self.dw.addmm_(dz.t(), h)
             if u_prior is not None:
@@ -133,7 +142,7 @@ class _Gradients:
         prior = self.layer.prior
         if self.dw is not None:
             if torch.is_tensor(self.h_prior):
-                self.dw.addr_(prior, self.h_prior, alpha=-1.0)
+                _sub_outer(self.dw, prior, self.h_prior)
             if torch.is_tensor(self.h_ones):
                 self.dw.sub_(self.h_ones)
         if self.db is not None:
@@ -152,7 +161,7 @@ def _chunk(layer: _OutputLayer, spec: _Spec, h: Tensor, target: Tensor, teacher,
     alpha, temperature = spec.alpha, spec.temperature
     z = layer.logits(h)                                       # (n, K): the chunk's one buffer
     z_target = z.gather(1, target.unsqueeze(1)).squeeze(1)
-    top, predicted = z.max(1)
+    top, predicted = z.max(1) if spec.predict else (z.amax(1), None)
     if teacher is not None:
         probs, indices, tail = teacher
         z_kept = z.gather(1, indices)
@@ -254,7 +263,7 @@ def _row_scale(pad_mask: Optional[Tensor], reduction: str, like: Tensor) -> Tens
 
 
 class _LinearLoss(torch.autograd.Function):
-    """``(loss, nll, soft, predicted)``, the first three reduced as ``spec.reduction``; a
+    """``(loss, nll, soft[, predicted])``, the first three reduced as ``spec.reduction``; a
     gradient for ``loss`` only, to ``hidden``, ``weight`` and ``bias`` (see the module's
     docstring)."""
 
@@ -278,13 +287,14 @@ class _LinearLoss(torch.autograd.Function):
         ctx.input_types = [None if t is None else (t.shape, t.dtype) for t in (hidden, weight, bias)]
         if not early:
             ctx.save_for_backward(hidden, weight, bias, target, prior, probs, indices, tail)
-        predicted = predicted.reshape(target.shape)
-        ctx.mark_non_differentiable(outputs[1], outputs[2], predicted)
-        return (*outputs, predicted)
+        if spec.predict:
+            outputs.append(predicted.reshape(target.shape))
+        ctx.mark_non_differentiable(*outputs[1:])
+        return tuple(outputs)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g_loss, _g_nll, _g_soft, _g_predicted):
+    def backward(ctx, g_loss, *_not_differentiable):
         with torch.autocast(g_loss.device.type, enabled=False):
             if ctx.spec.reduction != "none":               # computed in the forward pass
                 if ctx.grads is None:
@@ -331,7 +341,8 @@ def linear_loss_terms(hidden: Tensor, weight: Tensor, target: Tensor, *,
                       prior: Optional[Tensor] = None, teacher: Optional[TopKTeacher] = None,
                       beta: float = 0.0, temperature: float = 1.0, scale_by_t2: bool = False,
                       ignore_index: Optional[int] = None, reduction: str = "sum",
-                      chunk_size: Optional[int] = None) -> LinearLossTerms:
+                      chunk_size: Optional[int] = None,
+                      predict: bool = False) -> LinearLossTerms:
     """Loss, NLL, soft term and arg-max of ``z = hidden @ weight.T + bias``, chunked.
 
     Without ``teacher``: ``loss = H(y (1 - alpha) + alpha prior, p)`` (``prior=None``: uniform
@@ -341,6 +352,8 @@ def linear_loss_terms(hidden: Tensor, weight: Tensor, target: Tensor, *,
     :func:`~ls_plugins.losses.distillation_terms`.  ``hidden``: ``(..., d)``; ``weight``:
     ``(K, d)``; ``target``: ``hidden``'s leading shape.  ``chunk_size``: tokens per chunk
     (default :func:`default_chunk_size`).  ``nll`` and ``soft`` are for logging: no gradient.
+    ``predict``: also return every position's arg-max class (costs a little: ``max`` with
+    indices instead of ``amax``).
     """
     check_probability("alpha", alpha, upper_inclusive=False)
     check_probability("beta", beta, upper_inclusive=True)
@@ -359,10 +372,11 @@ def linear_loss_terms(hidden: Tensor, weight: Tensor, target: Tensor, *,
         weights = (1.0 - beta, beta * (temperature ** 2 if scale_by_t2 else 1.0))
         parts = (teacher.probs.detach().reshape(-1, k), teacher.indices.reshape(-1, k),
                  None if teacher.tail is None else teacher.tail.detach().reshape(-1))
-    spec = _Spec(float(alpha), *weights, float(temperature), ignore_index, reduction, chunk_size)
-    return LinearLossTerms(*_LinearLoss.apply(hidden, weight, bias, target,
-                                              None if prior is None else prior.detach(),
-                                              *parts, spec))
+    spec = _Spec(float(alpha), *weights, float(temperature), ignore_index, reduction, chunk_size,
+                 bool(predict))
+    outputs = _LinearLoss.apply(hidden, weight, bias, target,
+                                None if prior is None else prior.detach(), *parts, spec)
+    return LinearLossTerms(*outputs, *([] if predict else [None]))
 
 
 def linear_smoothed_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor,
