@@ -4,7 +4,8 @@
 # Knobs (environment): TRAIN_SIZE (default all: the ~11,300 pairs of verses with at most 40
 # words a side left after the held-out sets), EVAL_SIZE (500 valid and 500 test pairs),
 # VOCAB_SIZE (4000 joint sentencepiece pieces), MAX_EPOCH (6), CPU (--cpu; empty to use a GPU).
-# Finished steps are skipped when a recipe is re-run with the same WORK directory.
+# Finished steps are skipped when a recipe is re-run with the same WORK directory; an interrupted
+# training run is resumed (see train_once).
 TRAIN_SIZE=${TRAIN_SIZE:-all}
 EVAL_SIZE=${EVAL_SIZE:-500}
 VOCAB_SIZE=${VOCAB_SIZE:-4000}
@@ -22,6 +23,30 @@ prepare_corpus() {
   fi
 }
 
+# train_once DIR FAIRSEQ_TRAIN_ARGS...: fairseq-train FAIRSEQ_TRAIN_ARGS --save-dir DIR, appending
+# its output to DIR/train.log and echoing the validation lines, unless DIR/.done says that a
+# previous run finished. The stamp is written only when fairseq-train exits with 0: a run that was
+# interrupted (Ctrl-C, a crash, a full disk) already has checkpoint_best.pt after its first epoch,
+# so the checkpoints prove nothing; it is run again and fairseq-train resumes it from
+# DIR/checkpoint_last.pt. A failure stops the recipe.
+train_once() {
+  local dir=$1; shift
+  if [ -f "$dir/.done" ]; then
+    echo "== $dir: finished already"
+    return 0
+  fi
+  mkdir -p "$dir"
+  [ ! -f "$dir/checkpoint_last.pt" ] || echo "== $dir: resuming from checkpoint_last.pt"
+  if fairseq-train "$@" --save-dir "$dir" 2>&1 | tee -a "$dir/train.log" \
+      | { grep -E "valid on|done training" || true; }; then
+    touch "$dir/.done"
+  else
+    tail -n 5 "$dir/train.log" >&2
+    echo "training $dir failed: see $dir/train.log" >&2
+    exit 1
+  fi
+}
+
 # train_hard_and_ls WORK: WORK/hard and WORK/ls, each with checkpoint_best.pt and train.log
 train_hard_and_ls() {
   local model=(--task translation --arch transformer --share-all-embeddings
@@ -34,13 +59,8 @@ train_hard_and_ls() {
   local run name alpha
   for run in hard:0.0 ls:0.1; do
     name=${run%%:*}; alpha=${run##*:}
-    if [ ! -f "$1/$name/checkpoint_best.pt" ]; then
-      mkdir -p "$1/$name"
-      echo "== training '$name' with --criterion smoothed_ce --label-smoothing $alpha"
-      fairseq-train "$1/corpus/bin" --user-dir ls_plugins "${model[@]}" --criterion smoothed_ce \
-        --label-smoothing "$alpha" --report-accuracy --save-dir "$1/$name" \
-        2>&1 | tee "$1/$name/train.log" | grep -E "valid on|done training" || true
-      [ -f "$1/$name/checkpoint_best.pt" ] || { echo "training $name failed: see $1/$name/train.log"; exit 1; }
-    fi
+    echo "== training '$name' with --criterion smoothed_ce --label-smoothing $alpha"
+    train_once "$1/$name" "$1/corpus/bin" --user-dir ls_plugins "${model[@]}" \
+      --criterion smoothed_ce --label-smoothing "$alpha" --report-accuracy
   done
 }

@@ -43,21 +43,15 @@ if [[ ! -f $DATA/dict.en.txt ]]; then
     --test-size "$EVAL_SIZE" --vocab-size "$VOCAB" --binarize > /dev/null
 fi
 
-# train DIR ARGS...: fairseq-train into DIR (skipped when DIR holds a finished run), log in DIR/log
+source "$REPO/examples/translation/bible/common.sh"
+# train DIR ARGS...: fairseq-train with the shared options into DIR, log in DIR/train.log (train_once
+# of common.sh: skipped when DIR holds a finished run, resumed when it holds an interrupted one)
 train() {
   local dir=$1; shift
-  if [[ -f $dir/done ]]; then echo "finished already: $dir"; return; fi
-  mkdir -p "$dir"
-  echo "== training $dir"
-  if ! fairseq-train "$DATA" --user-dir "$USER_DIR" "${COMMON[@]}" --save-dir "$dir" "$@" \
-      > "$dir/log" 2>&1; then
-    tail -n 5 "$dir/log" >&2
-    exit 1
-  fi
-  touch "$dir/done"
+  train_once "$dir" "$DATA" --user-dir "$USER_DIR" "${COMMON[@]}" "$@"
 }
 # last VALUE KEY of the validation lines of a training log
-last_valid() { grep "valid on 'valid' subset" "$1/log" | tail -n 1 | grep -o "| $2 [0-9.e-]*" | awk '{print $3}'; }
+last_valid() { grep "valid on 'valid' subset" "$1/train.log" | tail -n 1 | grep -o "| $2 [0-9.e-]*" | awk '{print $3}'; }
 bleu() {  # test BLEU (sacrebleu on detokenised text) of DIR/checkpoint_best.pt
   [[ $BLEU == 0 ]] && { echo -; return; }
   fairseq-generate "$DATA" --user-dir "$USER_DIR" --path "$1/checkpoint_best.pt" --gen-subset test \
