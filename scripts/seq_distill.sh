@@ -26,8 +26,10 @@ BEAM=${BEAM:-5} LENPEN=${LENPEN:-1.0} MAX_TOKENS=${MAX_TOKENS:-4000}
 MAX_LEN_A=${MAX_LEN_A:-0} MAX_LEN_B=${MAX_LEN_B:-200} SUBSET=${SUBSET:-train} WORKERS=${WORKERS:-1}
 die() { echo "seq_distill.sh: error: $*" >&2; exit 2; }
 
-[ -f "$TEACHER" ] || die "no such teacher checkpoint: $TEACHER"
-[ -d "$DATA" ] || die "no such data directory: $DATA"
+[ -f "$TEACHER" ] || die "TEACHER: must name an existing checkpoint file, got $TEACHER (no such teacher checkpoint)"
+[ -d "$DATA" ] || die "DATA_BIN: must name an existing directory, got $DATA"
+{ mkdir -p "$OUT" && [ -w "$OUT" ] && touch "$OUT/.write-probe" && rm -f "$OUT/.write-probe"; } \
+    2>/dev/null || die "OUT_DIR: must name a writable directory, got $OUT"
 # language pair from the binarised file names: $SUBSET.<src>-<tgt>.<lang>.idx
 idx=$(ls "$DATA"/"$SUBSET".*-*.*.idx 2>/dev/null | head -n 1 || true)
 [ -n "$idx" ] || die "$DATA has no binarised split '$SUBSET' ($SUBSET.<src>-<tgt>.<lang>.idx)"
