@@ -388,11 +388,9 @@ def linear_smoothed_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor
     gradients (``hidden``, ``weight``, ``bias``), without holding the ``N x K`` logits.
 
     >>> hidden = torch.tensor([[1.0, 0.0], [0.5, -1.0]]); weight = torch.eye(3, 2)
-    >>> target = torch.tensor([0, 2])
-    >>> from ls_plugins.losses import smoothed_cross_entropy
-    >>> round(linear_smoothed_cross_entropy(hidden, weight, target, 0.1).item(), 5) == round(
-    ...     smoothed_cross_entropy(hidden @ weight.T, target, 0.1).item(), 5)
-    True
+    >>> target = torch.tensor([0, 2])                 # logits [[1, 0, 0], [0.5, -1, 0]]
+    >>> round(linear_smoothed_cross_entropy(hidden, weight, target, 0.1).item(), 4)
+    1.7389
     """
     return linear_loss_terms(hidden, weight, target, bias=bias, alpha=alpha, prior=prior,
                              ignore_index=ignore_index, reduction=reduction,

@@ -1,8 +1,13 @@
 """The fused output-layer losses against the unfused ones (plain autograd on hidden @ W.T + b)."""
+import doctest
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import ls_plugins.linear_losses
 from ls_plugins.linear_losses import (linear_distillation_terms, linear_loss_terms,
                                       linear_smoothed_cross_entropy)
 from ls_plugins.losses import (distillation_terms, smoothed_cross_entropy, topk_teacher,
@@ -237,3 +242,18 @@ def test_bad_arguments_are_refused():
     teacher = topk_teacher(torch.log_softmax(torch.randn(10, 8), -1), 2)
     with pytest.raises(ValueError, match="teacher must cover"):
         linear_distillation_terms(hidden, weight, target, teacher, beta=0.5)
+
+
+def test_docstring_example():
+    result = doctest.testmod(ls_plugins.linear_losses)
+    assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("first", ["ls_plugins.losses", "ls_plugins.linear_losses"])
+def test_importable_from_losses_whichever_module_loads_first(first):
+    code = (f"import {first}\n"
+            "from ls_plugins.losses import linear_smoothed_cross_entropy, linear_distillation_terms\n"
+            "import ls_plugins.linear_losses as m\n"
+            "assert linear_smoothed_cross_entropy is m.linear_smoothed_cross_entropy\n"
+            "assert linear_distillation_terms is m.linear_distillation_terms\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
