@@ -299,3 +299,15 @@ def equivalent_smoothing(teacher_logits: Tensor, target: Tensor, temperature: fl
     check_temperature("temperature", temperature)
     total, count = incorrect_mass(tempered_probs(teacher_logits, temperature), target, ignore_index)
     return total / max(count, 1)
+
+
+_LINEAR_LOSSES = ("linear_smoothed_cross_entropy", "linear_distillation_terms")
+
+
+def __getattr__(name: str):
+    """The losses fused with a linear output layer (:mod:`ls_plugins.linear_losses`), importable
+    from here too; loaded on first use, because that module imports this one."""
+    if name in _LINEAR_LOSSES:
+        from . import linear_losses
+        return getattr(linear_losses, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
