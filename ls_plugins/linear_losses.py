@@ -224,6 +224,7 @@ def _run(layer: _OutputLayer, spec: _Spec, h: Tensor, target: Tensor, teacher,
         pieces.append(values)
         if dz is not None:
             gradients.add(rows, h[rows], *dz)
+            del dz                      # free the chunk's buffer before the next one's
     hard, nll, soft, predicted = (None if parts[0] is None else torch.cat(parts)
                                   for parts in zip(*pieces))
     return (hard, nll, soft, predicted), (None if gradients is None else gradients.finish())
