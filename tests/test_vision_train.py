@@ -2,6 +2,7 @@
 the loss functions it trains with, distillation, resume, plotting, and torchrun + gloo."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from sklearn.metrics import accuracy_score
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from ls_plugins import losses
-from ls_plugins.vision import data, models, train
+from ls_plugins.vision import checkpointing, data, models, train
 
 DIGITS = ["--dataset", "digits", "--model", "smallcnn", "--quiet"]
 TIMING = set(train.TIMING_KEYS)
@@ -166,33 +167,40 @@ def test_distillation_uses_distillation_loss_and_reports_teacher_gamma(digits_ru
 
 
 def test_resumed_run_ends_with_the_metrics_of_an_uninterrupted_run(tmp_path, monkeypatch):
-    settings = ("--epochs", 4, "--lr-scheduler", "step", "--lr-milestones", 3, "--seed", 7)
+    settings = ("--epochs", 4, "--lr-scheduler", "step", "--lr-milestones", 3, "--seed", 7,
+                "--label-smoothing", 0.1, "--lr", 0.03)
     full = run(tmp_path / "full", *settings)
 
-    real_save = train.save_checkpoint
+    real_save = checkpointing.save
 
     def killed_after_epoch_2(checkpoint, path):
         real_save(checkpoint, path)
         if checkpoint["epoch"] == 2:
             raise KeyboardInterrupt  # the process dies right after the epoch-2 checkpoint
 
-    monkeypatch.setattr(train, "save_checkpoint", killed_after_epoch_2)
+    monkeypatch.setattr(checkpointing, "save", killed_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "killed", *settings)
     monkeypatch.undo()
     with open(tmp_path / "killed" / "metrics.json", encoding="utf-8") as handle:
         partial = json.load(handle)
     assert len(partial["history"]) == 2 and "final" not in partial
+    shutil.copytree(tmp_path / "killed", tmp_path / "killed-bare")
 
+    # the run's options repeated on the command line, or left to the checkpoint
     resumed = run(tmp_path / "killed", *settings, "--resume", tmp_path / "killed" / "checkpoint.pt")
-    assert without_timing(resumed["history"]) == without_timing(full["history"])
-    assert resumed["final"] == full["final"]
+    bare = run(tmp_path / "killed-bare", "--resume", tmp_path / "killed-bare" / "checkpoint.pt")
+    for other in (resumed, bare):
+        assert without_timing(other["history"]) == without_timing(full["history"])
+        assert other["final"] == full["final"]
+    assert bare["args"]["label_smoothing"] == 0.1 and bare["args"]["lr_milestones"] == [3]
     a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
-    b = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)
-    for name, tensor in a["state_dict"].items():
-        assert torch.equal(tensor, b["state_dict"][name]), name
+    for directory in ("killed", "killed-bare"):
+        b = torch.load(tmp_path / directory / "checkpoint.pt", weights_only=True)
+        for name, tensor in a["state_dict"].items():
+            assert torch.equal(tensor, b["state_dict"][name]), name
     # the step schedule crossed its milestone after the resume: lr x 0.1 from epoch 4
-    assert [r["lr"] for r in full["history"]] == pytest.approx([0.05, 0.05, 0.05, 0.005])
+    assert [r["lr"] for r in full["history"]] == pytest.approx([0.03, 0.03, 0.03, 0.003])
 
 
 def test_plot_draws_fig2_curves_from_several_runs(digits_runs, tmp_path, monkeypatch):
@@ -223,17 +231,29 @@ def test_plot_rejects_an_unfinished_run(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train.main(["plot", str(tmp_path), "--out", str(tmp_path / "x.png")])
     assert exit_info.value.code == 2
-    assert "has no final metrics" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("ls-vision plot: error: RUN_DIR: ")
+    assert err.endswith("(no final metrics: the run has not finished)\n")
     assert not (tmp_path / "x.png").exists()
 
 
-def test_vision_trainer_never_imports_fairseq():
-    code = ("import sys, ls_plugins.vision.train; "
+def test_vision_trainer_never_imports_fairseq(tmp_path):
+    """A real ls-vision run (training, evaluation, checkpoint, figure) and `ls-vision plot`, in a
+    fresh interpreter: afterwards no fairseq module, and none of our fairseq-side modules, is
+    loaded."""
+    code = ("import sys\n"
+            "from ls_plugins.vision import train\n"
+            f"train.main(['--epochs', '1', '--quiet', '--output-dir', {str(tmp_path / 'run')!r}])\n"
+            f"train.main(['plot', {str(tmp_path / 'run')!r}, '--out', {str(tmp_path / 'fig.png')!r}])\n"
             "bad = [m for m in sys.modules if m.split('.')[0] == 'fairseq' or m.startswith("
-            "('ls_plugins.criterions', 'ls_plugins.tasks', 'ls_plugins.scoring', 'ls_plugins.sweep'))]; "
-            "print(bad); sys.exit(1 if bad else 0)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
+            "('ls_plugins.criterions', 'ls_plugins.tasks', 'ls_plugins.scoring', 'ls_plugins.sweep'))]\n"
+            "print('imported:', bad, 'plots loaded:', 'ls_plugins.plots' in sys.modules)\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == "imported: [] plots loaded: True", result.stdout
+    assert (tmp_path / "run" / "checkpoint.pt").exists() and (tmp_path / "fig.png").exists()
 
 
 def test_torchrun_two_processes_match_one_process_and_train(tmp_path):

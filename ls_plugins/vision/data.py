@@ -32,6 +32,7 @@ CIFAR_STATS = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 CIFAR_DEFAULT_VAL_SIZE = 5000
+TRAIN_SIZES = {"cifar10": 50000, "cifar100": 50000}  # official training images (before --val-size)
 SPLIT_SEED = 0
 
 

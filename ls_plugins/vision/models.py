@@ -152,17 +152,28 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: i
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
-def load_trained_model(path: str, map_location="cpu") -> tuple[Classifier, dict]:
-    """``(model in eval mode, checkpoint)`` from an ``ls-vision`` checkpoint.
-
-    Loaded with ``torch.load(weights_only=True)``: the checkpoint holds only tensors and plain
-    types.  The checkpoint records ``model``, ``num_classes``, ``in_channels``, ``image_size``,
-    ``dataset``, ``state_dict`` and the training ``args``.
-    """
+def read_checkpoint(path: str, map_location="cpu") -> dict:
+    """The ``ls-vision`` checkpoint at ``path``, loaded safely (``torch.load(weights_only=True)``:
+    tensors and plain types only).  It records ``model``, ``num_classes``, ``in_channels``,
+    ``image_size``, ``dataset``, ``state_dict`` and the training ``args``."""
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "model" not in checkpoint:
-        raise ValueError(f"{path} is not an ls-vision checkpoint (no 'model' and 'state_dict')")
+    keys = ("model", "num_classes", "in_channels", "image_size", "state_dict")
+    missing = [key for key in keys if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)} in it")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict) -> Classifier:
+    """The checkpoint's model with its weights, in eval mode."""
     model = build_model(checkpoint["model"], checkpoint["num_classes"], checkpoint["in_channels"],
                         checkpoint["image_size"])
     model.load_state_dict(checkpoint["state_dict"])
-    return model.eval(), checkpoint
+    return model.eval()
+
+
+def load_trained_model(path: str, map_location="cpu") -> tuple[Classifier, dict]:
+    """``(model in eval mode, checkpoint)`` from an ``ls-vision`` checkpoint (see
+    :func:`read_checkpoint`)."""
+    checkpoint = read_checkpoint(path, map_location)
+    return model_from_checkpoint(checkpoint), checkpoint

@@ -1,0 +1,162 @@
+"""What ``ls-vision`` reports: metrics records, the epoch line, the summary, the reliability
+diagram of a run, and ``ls-vision plot`` (paper Fig. 2 from several runs).
+
+The figures themselves are drawn by :mod:`ls_plugins.plots` (the only matplotlib user), imported
+when a figure is drawn: a refused command line does not wait for matplotlib.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+from ls_plugins import cli
+
+PROG = "ls-vision"
+METRICS = "metrics.json"
+RELIABILITY = "reliability.png"
+CHECKPOINT = "checkpoint.pt"
+TIMING_KEYS = ("epoch_seconds", "train_images_per_second", "eval_seconds")
+
+
+def flat_metrics(result: dict) -> dict:
+    """The scalar metrics of an evaluation (``val``, ``test``, ``test_scaled`` statistics and the
+    fitted ``temperature``), for the history and the summary."""
+    val, test, scaled = result["val"], result["test"], result["test_scaled"]
+    return {"val_accuracy": val.accuracy(), "val_nll": val.nll(), "val_ece": val.ece(),
+            "temperature": result["temperature"],
+            "test_accuracy": test.accuracy(), "test_nll": test.nll(), "test_ece": test.ece(),
+            "test_mce": test.mce(), "test_confidence": test.confidence(),
+            "test_overconfidence": test.confidence() - test.accuracy(),
+            "test_ece_scaled": scaled.ece(), "test_nll_scaled": scaled.nll(),
+            "test_mce_scaled": scaled.mce()}
+
+
+def final_metrics(result: dict, history: list) -> dict:
+    """The ``final`` record of ``metrics.json``: the scalars, the last teacher gamma and every
+    split's statistics (with their bins)."""
+    final = flat_metrics(result)
+    final["teacher_gamma"] = history[-1].get("teacher_gamma") if history else None
+    final.update({name: result[name].to_dict() for name in ("val", "test", "test_scaled")})
+    return final
+
+
+def run_label(run_args: dict) -> str:
+    """``α=<a>``, plus the teacher's temperature and weight when distilled."""
+    label = f"α={run_args['label_smoothing']:g}"
+    if run_args.get("teacher"):
+        label += f", distilled T={run_args['distill_temperature']:g} β={run_args['distill_weight']:g}"
+    return label
+
+
+def draw_reliability(final: dict, run_args: dict, path: str, title: str) -> None:
+    """The run's test reliability diagram at T = 1 and at the fitted T (paper Fig. 2 style)."""
+    from ls_plugins import plots
+
+    label = run_label(run_args)
+    plots.reliability_diagram({label: final["test"],
+                               f"{label}, T={final['temperature']:.2f}": final["test_scaled"]},
+                              path, title)
+
+
+def epoch_line(record: dict, epochs: int, distilling: bool) -> str:
+    """One log line per epoch."""
+    line = (f"epoch {record['epoch']}/{epochs} | lr {record['lr']:.4g} | train loss "
+            f"{record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | test acc "
+            f"{record['test_accuracy']:.4f} nll {record['test_nll']:.4f} ece {record['test_ece']:.4f} "
+            f"| T* {record['temperature']:.3f} ece(T*) {record['test_ece_scaled']:.4f}")
+    if distilling:
+        line += f" | teacher gamma {record['teacher_gamma']:.4f}"
+    return line + f" | {record['train_images_per_second']:.0f} img/s"
+
+
+def summary(metrics: dict, output_dir: str, seconds: float) -> str:
+    """One screen: the final test metrics at T = 1 and at T*, and where the outputs are."""
+    final, run_args = metrics["final"], metrics["args"]
+    done = (f"evaluated {run_args['resume']}" if run_args["test_only"]
+            else f"{metrics['epochs_trained']} epochs")
+    lines = [f"{PROG} | {metrics['model']} on {metrics['dataset']} | {run_label(run_args)} | "
+             f"{done} | {metrics['world_size']} process(es) | {seconds / 60:.1f} min",
+             f"{'':22}{'accuracy':>10}{'NLL':>9}{'ECE':>9}{'MCE':>9}{'conf':>9}"]
+    for name, key in (("test, T=1", "test"), (f"test, T*={final['temperature']:.3f}", "test_scaled")):
+        stats = final[key]
+        lines.append(f"{name:22}{stats['accuracy']:10.4f}{stats['nll']:9.4f}{stats['ece']:9.4f}"
+                     f"{stats['mce']:9.4f}{stats['confidence']:9.4f}")
+    lines.append(f"validation: accuracy {final['val_accuracy']:.4f}, NLL {final['val_nll']:.4f}; "
+                 f"T* fitted on {final['val']['count']} validation images")
+    if final.get("teacher_gamma") is not None:
+        lines.append(f"teacher: equivalent smoothing gamma {final['teacher_gamma']:.4f} "
+                     f"at T={run_args['distill_temperature']:g}")
+    lines.append(f"outputs: {os.path.join(output_dir, METRICS)}, "
+                 f"{os.path.join(output_dir, RELIABILITY)}"
+                 + ("" if run_args["test_only"] else f", {os.path.join(output_dir, CHECKPOINT)}"))
+    return "\n".join(lines)
+
+
+# -- `ls-vision plot` ------------------------------------------------------------------------------
+def get_plot_parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(prog=f"{PROG} plot", description=plot_main.__doc__)
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="output directories of ls-vision")
+    parser.add_argument("--out", required=True,
+                        help="the PNG to write (its directory is created if needed)")
+    parser.add_argument("--title", default="Reliability diagram")
+    return parser
+
+
+def read_finished_run(run: str) -> dict:
+    """The ``metrics.json`` of a finished run; :class:`cli.UsageError` naming RUN_DIR otherwise."""
+    allowed = f"must be an ls-vision output directory holding a finished run's {METRICS}"
+    try:
+        with open(os.path.join(run, METRICS), encoding="utf-8") as handle:
+            metrics = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise cli.bad_value("RUN_DIR", allowed, f"{run} ({cli.first_line(error)})") from None
+    if not isinstance(metrics, dict) or metrics.get("final") is None:
+        raise cli.bad_value("RUN_DIR", allowed, f"{run} (no final metrics: the run has not finished)")
+    final, run_args = metrics["final"], metrics.get("args")
+    missing = [f"final.{key}" for key in ("test", "test_scaled", "temperature")
+               if not isinstance(final, dict) or key not in final]
+    if not isinstance(run_args, dict) or "label_smoothing" not in run_args:
+        missing.append("args.label_smoothing")
+    if missing:
+        raise cli.bad_value("RUN_DIR", allowed, f"{run} (no {', '.join(missing)} in {METRICS})")
+    return metrics
+
+
+def check_plot_output(path: str) -> None:
+    """``path`` can be written as a file, creating its directory if needed."""
+    if os.path.isdir(path):
+        raise cli.bad_value("--out", "must name a file", f"{path} (a directory)")
+    try:
+        cli.check_output_dir("--out", os.path.dirname(os.path.abspath(path)))
+    except cli.UsageError:
+        raise cli.bad_value("--out", "must name a file in a directory that can be written or "
+                                     "created", path) from None
+
+
+def plot_main(argv: Optional[list[str]] = None) -> int:
+    """Paper Fig. 2 from finished runs: each run's test curve at T = 1; runs trained with hard
+    targets (alpha = 0, no teacher) also after temperature scaling at their fitted T."""
+    parser = get_plot_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_plot_output(args.out)
+        runs = [(run, read_finished_run(run)) for run in args.runs]
+    except cli.UsageError as error:
+        parser.error(str(error))
+    curves = {}
+    for run, metrics in runs:
+        final = metrics["final"]
+        hard_targets = metrics["args"]["label_smoothing"] == 0 and not metrics["args"].get("teacher")
+        label = "hard targets" if hard_targets else run_label(metrics["args"])
+        if label in curves:
+            label = f"{label} ({run})"
+        curves[label] = final["test"]
+        if hard_targets:
+            curves[f"{label}, T={final['temperature']:.2f}"] = final["test_scaled"]
+    from ls_plugins import plots
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    plots.reliability_diagram(curves, args.out, args.title)
+    print(f"{PROG} plot: wrote {args.out}")
+    return 0
