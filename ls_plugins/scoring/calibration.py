@@ -9,6 +9,7 @@ the calibration summary of ``--task translation_calibration``::
 """
 from dataclasses import dataclass
 
+from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.scoring import register_scorer
 from fairseq.scoring.bleu import SacrebleuConfig, SacrebleuScorer
 
@@ -21,13 +22,29 @@ class CalibrationScorerConfig(SacrebleuConfig):
     pass
 
 
+TASK = "translation_calibration"
+
+
+def check_task(task: str) -> str:
+    """The ``--task`` value ``--scoring calibration`` works with (checked while parsing)."""
+    if task != TASK:
+        raise cli.bad_value("--scoring calibration", f"needs --task {TASK}", f"--task {task}")
+    return task
+
+
 @register_scorer("calibration", dataclass=CalibrationScorerConfig)
 class CalibrationScorer(SacrebleuScorer):
+    @classmethod
+    def add_args(cls, parser):
+        """The scorer's options, and a check of ``--task`` (also applied to its default)."""
+        gen_parser_from_dataclass(parser, CalibrationScorerConfig())
+        cli.install_checks(parser, {"--task": cli.checked("--scoring calibration", check_task)})
+
     def __init__(self, cfg):
         super().__init__(cfg)
         self.task = translation_calibration.ACTIVE_TASK
         if self.task is None:
-            cli.exit_with_error("--scoring calibration needs --task translation_calibration")
+            cli.exit_with_error(f"--scoring calibration: needs --task {TASK}")
 
     def result_string(self, order=4):
         return f"{super().result_string(order)}\n{self.task.calibration_report()}"
