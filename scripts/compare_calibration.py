@@ -45,13 +45,17 @@ def read_curve(label: str, path: str) -> dict:
     return stats
 
 
-def main(argv=None) -> None:
+def build_parser() -> cli.ArgumentParser:
     parser = cli.ArgumentParser(prog="compare_calibration.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("out", help="PNG to write")
     parser.add_argument("curves", nargs="+", metavar="LABEL=PATH",
                         type=cli.checked("LABEL=PATH", labelled_path))
     parser.add_argument("--title", default="Token-level reliability (teacher-forced)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     labels = [label for label, _ in args.curves]
     with cli.exit_on_usage_error():
         cli.check_output_file("OUT", args.out)
