@@ -5,18 +5,23 @@ follows the paper, ``y (1 - alpha) + alpha * prior`` with ``prior`` uniform over
 of the target dictionary (or the dictionary's unigram frequencies).  fairseq's built-in
 ``label_smoothed_cross_entropy --label-smoothing eps`` gives the same loss for
 ``eps = alpha (K - 1) / K``.
+
+Bad options stop with one line, from ``fairseq-train`` (while parsing: :data:`COMMON_CHECKS`)
+and from ``fairseq-hydra-train`` (when fairseq builds the criterion), and a nan or inf loss stops
+training with one line naming the term (see :mod:`ls_plugins.criterions.guards`).
 """
 from dataclasses import dataclass, field
 
 import torch
 from fairseq.criterions import FairseqCriterion, register_criterion
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.dataclass import FairseqDataclass
 from omegaconf import II
 
 from .. import cli
-from ..calibration import DEFAULT_BINS, check_bins
+from ..calibration import DEFAULT_BINS
 from ..losses import check_probability, smoothed_nll_from_lprobs, unigram_prior
 from .common import accuracy_logging_output, calibration_logging_output, reduce_loss_metrics
+from .guards import check_finite_terms, non_finite_summary, refusing_bad_input
 
 SMOOTHING_PRIORS = ("uniform", "unigram")
 
@@ -27,7 +32,9 @@ class SmoothedCrossEntropyConfig(FairseqDataclass):
         default=0.0,
         metadata={"help": "alpha in [0, 1): train against y(1-alpha) + alpha*prior (the paper's "
                           "definition; NOT fairseq's eps/(V-1) form)"})
-    smoothing_prior: ChoiceEnum(SMOOTHING_PRIORS) = field(
+    # a plain str, checked by the criterion: an enum would fail inside omegaconf's merge, before
+    # the criterion can refuse it in one line (fairseq-hydra-train)
+    smoothing_prior: str = field(
         default="uniform",
         metadata={"help": "where the smoothing mass goes: uniform (1/K over the whole target "
                           "dictionary) or unigram (target-dictionary frequencies, Pereyra et al. 2017)"})
@@ -39,11 +46,20 @@ class SmoothedCrossEntropyConfig(FairseqDataclass):
     sentence_avg: bool = II("optimization.sentence_avg")
 
 
-def validate_common_options(label_smoothing: float, calibration_bins: int, ignore_prefix_size: int) -> None:
+def check_choice(option: str, value, choices) -> str:
+    """``value`` (a string or an enum member) as a string if it is one of ``choices``."""
+    value = str(getattr(value, "value", value))
+    if value not in choices:
+        raise cli.bad_value(option, f"must be one of {', '.join(choices)}", repr(value))
+    return value
+
+
+def validate_common_options(label_smoothing: float, calibration_bins: int,
+                            ignore_prefix_size: int) -> None:
+    """The constructor's checks of the options :data:`COMMON_CHECKS` checks while parsing."""
     check_probability("--label-smoothing", label_smoothing, upper_inclusive=False)
-    check_bins(calibration_bins)
-    if ignore_prefix_size < 0:
-        raise ValueError(f"--ignore-prefix-size must be an integer >= 0, got {ignore_prefix_size}")
+    cli.check_int_at_least("--calibration-bins", calibration_bins, 1)
+    cli.check_int_at_least("--ignore-prefix-size", ignore_prefix_size, 0)
 
 
 COMMON_CHECKS = {
@@ -54,7 +70,16 @@ COMMON_CHECKS = {
 
 
 class LabelSmoothingCriterionBase(FairseqCriterion):
-    """Shared plumbing: lprobs/target with prefix removal, logging of accuracy and calibration."""
+    """Shared plumbing: lprobs/target with prefix removal, logging of accuracy and calibration.
+
+    Constructors raise :class:`ls_plugins.cli.UsageError` on bad options; built by fairseq, the
+    error ends in one line (:func:`~ls_plugins.criterions.guards.refusing_bad_input`).
+    """
+
+    @classmethod
+    def build_criterion(cls, cfg, task):
+        with refusing_bad_input():
+            return super().build_criterion(cfg, task)
 
     def __init__(self, task, sentence_avg, label_smoothing=0.0, report_accuracy=False,
                  ignore_prefix_size=0, calibration_bins=DEFAULT_BINS):
@@ -97,10 +122,7 @@ class SmoothedCrossEntropyCriterion(LabelSmoothingCriterionBase):
                  report_accuracy=False, ignore_prefix_size=0, calibration_bins=DEFAULT_BINS):
         super().__init__(task, sentence_avg, label_smoothing, report_accuracy,
                          ignore_prefix_size, calibration_bins)
-        smoothing_prior = str(getattr(smoothing_prior, "value", smoothing_prior))
-        if smoothing_prior not in SMOOTHING_PRIORS:
-            raise ValueError(f"--smoothing-prior must be one of {', '.join(SMOOTHING_PRIORS)}, "
-                             f"got {smoothing_prior!r}")
+        smoothing_prior = check_choice("--smoothing-prior", smoothing_prior, SMOOTHING_PRIORS)
         prior = None
         if smoothing_prior == "unigram":
             prior = unigram_prior(task.target_dictionary.count)
@@ -119,6 +141,10 @@ class SmoothedCrossEntropyCriterion(LabelSmoothingCriterionBase):
         loss, nll_loss = smoothed_nll_from_lprobs(
             lprobs, target, self.alpha, prior=self.prior, ignore_index=self.padding_idx,
             reduction="sum" if reduce else "none")
+        check_finite_terms("smoothed_ce", {"nll": nll_loss, "smoothing": loss},
+                           logits=net_output[0], training=model.training,
+                           details=lambda: non_finite_summary("the model's log-probabilities",
+                                                              lprobs))
         sample_size, logging_output = self.base_logging_output(model, sample, lprobs, target,
                                                                loss, nll_loss)
         return loss, sample_size, logging_output
