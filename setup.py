@@ -14,8 +14,8 @@ setup(
     install_requires=["numpy", "sacrebleu>=2.3", "sentencepiece", "matplotlib", "tqdm", "scikit-learn"],
     entry_points={
         "console_scripts": [
-            "ls-sweep=ls_plugins.sweep:main",
-            "ls-cache-teacher=ls_plugins.teacher_cache:main",
+            "ls-sweep=ls_plugins.sweep_cli:main",
+            "ls-cache-teacher=ls_plugins.cache_teacher:main",
             "ls-vision=ls_plugins.vision.train:main",
         ],
     },

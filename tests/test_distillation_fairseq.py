@@ -295,24 +295,29 @@ def test_mismatched_dictionaries_name_the_first_differing_symbol(bible, ls_check
         (other / f"dict.{lang}.txt").write_text("\n".join(lines) + "\n")
     first, second = (line.split()[0] for line in lines[10:12])
     result = train_cli(bible, tmp_path, "--teacher-path", ls_checkpoint, "--teacher-data", other)
-    last = one_line_error(result, "--teacher-path", "target dictionaries", "index 14",
-                          repr(first), repr(second))
-    assert str(ls_checkpoint) in last
+    last = one_line_error(result, "--teacher-path: must use the target dictionary of the student, "
+                                  f"got {ls_checkpoint}, whose target dictionary differs at index "
+                                  f"14: {first!r} instead of {second!r}")
+    assert last.startswith("fairseq-train: error: --teacher-path: ")
 
 
 def test_missing_and_unreadable_checkpoints(bible, tmp_path, capsys):
     one_line_error(train_cli(bible, tmp_path, "--teacher-path", tmp_path / "nope.pt"),
-                   "--teacher-path", "no such checkpoint", "nope.pt")
+                   f"--teacher-path: must name an existing file, got {tmp_path / 'nope.pt'} "
+                   f"(no such file)")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint at all")
-    for spec, needle in [(str(garbage), "cannot read checkpoint"), (str(tmp_path), "not a readable file")]:
+    for spec, needle in [(str(garbage), f"--teacher-path: must be a fairseq checkpoint that torch "
+                                        f"loads safely (weights_only), got {garbage} ("),
+                         (str(tmp_path), f"--teacher-path: must name a file, got {tmp_path} "
+                                         f"(a directory)")]:
         cfg, task, _ = fairseq_setup(bible / "bin", "--criterion", "distillation_ce",
                                      "--teacher-path", spec)
         with pytest.raises(SystemExit) as exit_info:
             task.build_criterion(cfg.criterion)
         assert exit_info.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and "--teacher-path" in err[0] and needle in err[0]
+        assert len(err) == 1 and needle in err[0], err
 
 
 def build_error(bible, capsys, *args) -> str:
@@ -343,7 +348,8 @@ def test_bad_caches_and_k_are_refused(bible, ls_checkpoint, cache8, tmp_path, ca
     shutil.copytree(cache8 / "valid", swapped / "train")
     shutil.copytree(cache8 / "valid", swapped / "valid")
     err = build_error(bible, capsys, "--teacher-cache", str(swapped))
-    assert "--teacher-cache" in err and "built for split 'valid', not 'train'" in err
+    assert f"--teacher-cache: must be built for split 'train', got {swapped / 'train'} (built for " \
+           f"split 'valid')" in err
     # a cache built with another target dictionary
     other = tmp_path / "other"
     shutil.copytree(cache8, other)
@@ -355,7 +361,8 @@ def test_bad_caches_and_k_are_refused(bible, ls_checkpoint, cache8, tmp_path, ca
         manifest["target_dict_sha256"] = "0" * 64
         (other / split / "manifest.json").write_text(json.dumps(manifest))
     err = build_error(bible, capsys, "--teacher-cache", str(other))
-    assert "another target dictionary" in err and "index 20" in err and "'▁zzz'" in err
+    assert (f"--teacher-cache: must be built with the target dictionary of the student, got "
+            f"{other / 'train'}, whose target dictionary differs at index 20: '▁zzz' instead of ") in err
     # the cache of one split passed instead of its parent
     err = build_error(bible, capsys, "--teacher-cache", str(cache8 / "train"))
     assert "pass its parent directory" in err
@@ -379,7 +386,7 @@ def test_cache_for_other_data_is_refused_at_the_first_batch(bible, ls_checkpoint
 
 
 def test_cache_tool_refuses_bad_k(bible, ls_checkpoint, tmp_path, capsys):
-    from ls_plugins.teacher_cache import main
+    from ls_plugins.cache_teacher import main
     with pytest.raises(SystemExit) as exit_info:
         main([str(bible / "bin"), "--teacher-path", str(ls_checkpoint), "--out", str(tmp_path),
               "--topk", "0"])
@@ -388,5 +395,44 @@ def test_cache_tool_refuses_bad_k(bible, ls_checkpoint, tmp_path, capsys):
     K = dictionary_size(bible)
     result = run([command("ls-cache-teacher"), bible / "bin", "--teacher-path", ls_checkpoint,
                   "--out", tmp_path / "c", "--topk", K + 1], check=False)
-    one_line_error(result, "--topk", f"K={K}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"ls-cache-teacher: error: --topk: must be <= K={K} (the target dictionary's size), "
+        f"got {K + 1}"]
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("case", ["no --out", "--out a file", "--out unwritable", "--max-tokens",
+                                  "--teacher-data", "--split"])
+def test_cache_tool_bad_input_one_line_nothing_written(bible, ls_checkpoint, tmp_path, capsys,
+                                                       monkeypatch, case):
+    """One line, exit code 2, nothing written: output paths are checked before anything is
+    loaded (with a real write: as root os.access says yes to everything), the rest before
+    the cache is written."""
+    from ls_plugins.cache_teacher import main
+
+    monkeypatch.setattr("sys.argv", ["ls-cache-teacher"])
+    out, afile = tmp_path / "cache", tmp_path / "file"
+    afile.write_text("keep")
+    extra, message = {
+        "no --out": ([], "the following arguments are required: --out"),
+        "--out a file": (["--out", afile], f"--out: must name a directory, got {afile} (an "
+                                           f"existing file)"),
+        "--out unwritable": (["--out", "/proc/ls-cache"], "--out: must name a writable directory, "
+                                                          "got /proc/ls-cache (cannot write in /proc)"),
+        "--max-tokens": (["--out", out, "--max-tokens", "5"],
+                         "--max-tokens: must be at least the longest example of 'valid' ("),
+        "--teacher-data": (["--out", out, "--teacher-data", tmp_path],
+                           f"--teacher-data: must name the directory holding the dictionaries of "
+                           f"{ls_checkpoint}, got {tmp_path} ("),
+        "--split": (["--out", out, "--split", "valid,nosuchsplit"],
+                    f"--split: must name splits of {bible / 'bin'}, got nosuchsplit ("),
+    }[case]
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(bible / "bin"), "--teacher-path", str(ls_checkpoint), "--split", "valid",
+              "--no-progress-bar", *map(str, extra)])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"ls-cache-teacher: error: {message}"), lines
+    assert not out.exists() and afile.read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

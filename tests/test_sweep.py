@@ -157,72 +157,152 @@ def test_resume_skips_finished_points_and_refuses_to_mix_options(swept, bible, h
     assert final["config"]["hard"]["beam"] == 3
 
 
-@pytest.fixture(scope="module")
-def other_dictionary_checkpoint(bible, ls_checkpoint, tmp_path_factory):
-    """The LS checkpoint, as if trained on data whose dictionary has symbols 10 and 11 swapped.
-
-    Returns the checkpoint and symbol 10 of DATA's dictionary and of the checkpoint's."""
+def other_dictionary_checkpoint(bible, ls_checkpoint, root, *, langs=("es", "en"), data=None):
+    """The LS checkpoint, as if trained on data (``root/bin``) whose dictionaries of ``langs``
+    have symbols 10 and 11 swapped (same size); the checkpoint records ``data`` (default: the
+    absolute path of ``root/bin``).  Returns the checkpoint, symbol 10 of DATA's dictionary and
+    symbol 10 of the checkpoint's."""
     import torch
 
     import ls_plugins  # noqa: F401  (allowlists fairseq's checkpoint globals)
 
-    root = tmp_path_factory.mktemp("other_dict")
-    data = root / "bin"
-    data.mkdir()
+    (root / "bin").mkdir(parents=True)
     for lang in ("es", "en"):
         symbols = (bible / "bin" / f"dict.{lang}.txt").read_text().splitlines()
         ours = [line.split()[0] for line in symbols]
-        symbols[6], symbols[7] = symbols[7], symbols[6]  # file line i is symbol i + 4 (specials)
-        (data / f"dict.{lang}.txt").write_text("\n".join(symbols) + "\n")
+        if lang in langs:
+            symbols[6], symbols[7] = symbols[7], symbols[6]  # file line i is symbol i + 4
+        (root / "bin" / f"dict.{lang}.txt").write_text("\n".join(symbols) + "\n")
     state = torch.load(ls_checkpoint, weights_only=True)
-    state["cfg"]["task"]["data"] = str(data)
+    state["cfg"]["task"]["data"] = data or str(root / "bin")
     torch.save(state, root / "checkpoint.pt")
     return root / "checkpoint.pt", ours[6], ours[7]
 
 
+@pytest.fixture(scope="module")
+def other_dictionaries(bible, ls_checkpoint, tmp_path_factory):
+    """Checkpoints whose dictionaries differ from DATA's at index 10: both, only the source."""
+    root = tmp_path_factory.mktemp("other_dict")
+    return {"both": other_dictionary_checkpoint(bible, ls_checkpoint, root / "both"),
+            "source": other_dictionary_checkpoint(bible, ls_checkpoint, root / "source",
+                                                  langs=("es",))}
+
+
+@pytest.fixture(scope="module")
+def adaptive_softmax_checkpoint(bible, ls_checkpoint, tmp_path_factory):
+    """A checkpoint of the tiny transformer with an adaptive softmax (no plain output layer)."""
+    import torch
+
+    from conftest import fairseq_setup
+
+    # fairseq cannot reload an adaptive softmax with shared input/output embeddings
+    unshared = {"adaptive_softmax_cutoff": "100", "share_all_embeddings": False,
+                "share_decoder_input_output_embed": False}
+    cfg, task, _ = fairseq_setup(bible / "bin")
+    state = torch.load(ls_checkpoint, weights_only=True)
+    for key, value in unshared.items():
+        setattr(cfg.model, key, value)
+        setattr(state["cfg"]["model"], key, value)  # model configs are Namespaces here
+    model = task.build_model(cfg.model)
+    assert model.decoder.adaptive_softmax is not None
+    state["model"] = model.state_dict()
+    path = tmp_path_factory.mktemp("adaptive") / "checkpoint.pt"
+    torch.save(state, path)
+    return path
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--temperatures", "0"], "--temperatures"),
-    (["--temperatures", ","], "--temperatures: no temperature given"),
+    (["--temperatures", ","], "--temperatures: must give at least one temperature (with "
+                                 "--temperatures and/or --temperature-range), got ','"),
     (["--model", "hard=/nonexistent/checkpoint.pt", "--temperatures", "1"],
-     "--model hard: checkpoint /nonexistent/checkpoint.pt not found"),
-    (["--gen-subset", "nosuchsplit", "--temperatures", "1"], "--gen-subset nosuchsplit"),
-    (["--model", "other={other}", "--temperatures", "1"], "--model other"),
+     "--model hard: must name an existing file, got /nonexistent/checkpoint.pt (no such file)"),
+    (["--gen-subset", "nosuchsplit", "--temperatures", "1"],
+     "--gen-subset: must name a subset of"),
+    (["--model", "other={both}", "--temperatures", "1"],
+     "--model other: must use the target dictionary of DATA"),
+    (["--model", "other={source}", "--temperatures", "1"],
+     "--model other: must use the source dictionary of DATA"),
+    (["--model", "ada={adaptive}", "--temperatures", "1"],
+     "--model ada: must be a model with a plain linear output layer, got "),
+    (["--temperatures", "1", "--max-tokens", "5"],
+     "--max-tokens: must be at least the longest example of 'valid' ("),
 ])
-def test_bad_input_one_line_error_nothing_written(bible, ls_checkpoint, other_dictionary_checkpoint,
-                                                  tmp_path, extra, message):
-    other, ours, theirs = other_dictionary_checkpoint
+def test_bad_input_one_line_error_nothing_written(bible, ls_checkpoint, other_dictionaries,
+                                                  adaptive_softmax_checkpoint, tmp_path, extra,
+                                                  message):
     out = tmp_path / "out"
+    paths = {"both": other_dictionaries["both"][0], "source": other_dictionaries["source"][0],
+             "adaptive": adaptive_softmax_checkpoint}
     result = run([command("ls-sweep"), bible / "bin", "--output-dir", out, "--model",
-                  f"ls={ls_checkpoint}", *GEN, *(a.format(other=other) for a in extra)], check=False)
+                  f"ls={ls_checkpoint}", *GEN, *(a.format(**paths) for a in extra)], check=False)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ls-sweep: error: "), result.stderr[-2000:]
     assert message in lines[0] and "Traceback" not in result.stderr
-    if message == "--model other":
-        assert f"index 10: {theirs!r} vs {ours!r}" in lines[0]
+    if "dictionary of DATA" in message:
+        side = "target" if "target" in message else "source"
+        _, ours, theirs = other_dictionaries["both" if side == "target" else "source"]
+        assert (f"{side} dictionary differs at index 10: {theirs!r} instead of {ours!r}"
+                in lines[0]), lines[0]
+    if "ada" in message:
+        assert f"{adaptive_softmax_checkpoint}, whose decoder uses an adaptive softmax" in lines[0]
     assert not out.exists()
+
+
+def test_dictionaries_are_compared_by_symbol_when_the_data_path_is_relative(
+        bible, ls_checkpoint, tmp_path):
+    """A checkpoint that records a relative data directory: its dictionaries are found from the
+    working directory or from --model-data, and compared symbol by symbol (same size here);
+    when they cannot be found the sweep refuses and says how to provide them."""
+    other, ours, theirs = other_dictionary_checkpoint(bible, ls_checkpoint, tmp_path / "rel",
+                                                      langs=("en",), data="bin")
+    difference = f"target dictionary differs at index 10: {theirs!r} instead of {ours!r}"
+    base = [command("ls-sweep"), bible / "bin", "--output-dir", tmp_path / "out", "--model",
+            f"rel={other}", "--temperatures", "1", *GEN]
+    for extra, cwd, needles in [
+            ([], None, ["--model rel: must be a checkpoint whose dictionaries can be found (else "
+                        "pass --model-data rel=DIR holding them), got ", "'bin' does not exist"]),
+            ([], tmp_path / "rel", ["--model rel: must use the target dictionary", difference]),
+            (["--model-data", f"rel={tmp_path / 'rel' / 'bin'}"], None, [difference]),
+            (["--model-data", f"rel={tmp_path}"], None,
+             [f"--model-data: must name the directory holding the dictionaries of {other}, got "
+              f"{tmp_path} ("])]:
+        result = run([*base, *extra], check=False, **({"cwd": cwd} if cwd else {}))
+        assert result.returncode == 2, result.stderr[-2000:]
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ls-sweep: error: "), result.stderr[-2000:]
+        for needle in needles:
+            assert needle in lines[0], lines[0]
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("extra,message", [
     (["--temperatures", "-1"], "--temperatures"),
     (["--temperatures", "nan"], "--temperatures"),
     (["--temperatures", "1,inf"], "--temperatures"),
-    (["--temperature-range", "2:1:0.5"], "--temperature-range: STOP must be >= START"),
+    (["--temperature-range", "2:1:0.5"], "--temperature-range: STOP must be >= START, got '2:1:0.5'"),
     (["--temperature-range", "0.5:2:0"], "--temperature-range"),
     (["--temperature-range", "0.5:2"], "--temperature-range: must be START:STOP:STEP"),
     (["--temperatures", "1", "--beam", "0"], "--beam"),
-    (["--temperatures", "1", "--model", "no-label.pt"], "--model: must be LABEL=PATH"),
-    (["--temperatures", "1", "--model", "ls=x.pt"], "--model: label 'ls' given twice"),
-    (["--temperatures", "1", "--sacrebleu-tokenizer", "moses"], "--sacrebleu-tokenizer"),
-    (["--model", "ls=x.pt"], "--temperatures: no temperature given"),
+    (["--temperatures", "1", "--model", "no-label.pt"], "--model: must be LABEL=PATH, got 'no-label.pt'"),
+    (["--temperatures", "1", "--model", "ls=x.pt"], "--model: must give each label once, got 'ls' twice"),
+    (["--temperatures", "1", "--sacrebleu-tokenizer", "moses"],
+     "--sacrebleu-tokenizer: must be one of "),
+    (["--model", "ls=x.pt"], "--temperatures: must give at least one temperature"),
+    (["--temperatures", "1", "--model-data", "ls"], "--model-data: must be LABEL=DIR, got 'ls'"),
+    (["--temperatures", "1", "--model-data", "hard=."],
+     "--model-data: must name a --model label (ls), got 'hard'"),
+    (["--temperatures", "1", "--model-data", "ls=/nonexistent"],
+     "--model-data ls: must name an existing directory, got /nonexistent (no such directory)"),
     (["--temperatures", "1"], "the following arguments are required: --output-dir"),
 ])
 def test_bad_command_line_in_process(ls_checkpoint, tmp_path, capsys, extra, message):
     """The same checks, in-process (they all run before fairseq is imported)."""
-    from ls_plugins.sweep import main
+    from ls_plugins.sweep_cli import main
 
     argv = ["data", "--model", f"ls={ls_checkpoint}", *extra]
-    if "--output-dir" not in message:
+    if "--output-dir" not in extra and "--output-dir" not in message:
         argv += ["--output-dir", str(tmp_path / "out")]
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -232,19 +312,28 @@ def test_bad_command_line_in_process(ls_checkpoint, tmp_path, capsys, extra, mes
     assert not (tmp_path / "out").exists()
 
 
-def test_output_dir_that_is_a_file(bible, ls_checkpoint, tmp_path):
-    target = tmp_path / "file"
-    target.write_text("keep")
+@pytest.mark.parametrize("where", ["file", "unwritable"])
+def test_output_dir_checked_before_loading(bible, ls_checkpoint, tmp_path, where):
+    """A file, or a directory nothing can be created in (a real write is tried: as root,
+    os.access says yes to everything): one line, before anything is loaded."""
+    target = tmp_path / "file" if where == "file" else "/proc/ls-sweep-out"
+    if where == "file":
+        target.write_text("keep")
     result = run([command("ls-sweep"), bible / "bin", "--output-dir", target, "--model",
-                  f"ls={ls_checkpoint}", "--temperatures", "1"], check=False)
-    assert result.returncode == 2 and "--output-dir" in result.stderr
-    assert target.read_text() == "keep"
+                  f"ls={ls_checkpoint}", "--temperatures", "1", *GEN], check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    allowed = "must name a directory" if where == "file" else "must name a writable directory"
+    assert result.stderr.strip().splitlines() == [
+        f"ls-sweep: error: --output-dir: {allowed}, got {target} "
+        f"({'an existing file' if where == 'file' else 'cannot write in /proc'})"]
+    if where == "file":
+        assert target.read_text() == "keep"
 
 
 # -- the pieces, in-process -----------------------------------------------------------------------
 
 def test_parse_temperatures():
-    from ls_plugins.sweep import parse_temperatures
+    from ls_plugins.sweep_cli import parse_temperatures
 
     assert parse_temperatures(None, "0.5:2:0.25") == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0]
     assert parse_temperatures("1.5, 0.7,1", "0.7:0.9:0.1") == [0.7, 0.8, 0.9, 1.0, 1.5]
@@ -261,15 +350,6 @@ def test_resume_file_survives_a_torn_line(tmp_path):
     append_point(str(path), {"model": "a", "temperature": 2.0})
     assert read_points(str(path)) == [{"model": "a", "temperature": 1.0},
                                       {"model": "a", "temperature": 2.0}]
-
-
-def test_dictionary_difference_names_index_and_symbols():
-    from ls_plugins.sweep import dictionary_difference
-
-    assert dictionary_difference(["<s>", "a", "b"], ["<s>", "a", "b"]) is None
-    assert dictionary_difference(["<s>", "a", "b"], ["<s>", "a", "c"]) == "index 2: 'c' vs 'b'"
-    assert dictionary_difference(["<s>", "a"], ["<s>", "a", "c"]) == \
-        "index 2: 'c' vs <end of dictionary>"
 
 
 def test_temperature_sweep_figure(tmp_path):
