@@ -22,12 +22,14 @@ $(STAMP): setup.py requirements.txt
 	$(PY) -m pip install --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 
-# The offline es->en Bible corpus (Debian's SWORD modules) read with diatheke.
+# The offline es->en Bible corpus (Debian's SWORD modules) read with diatheke, and the real
+# Fashion-MNIST (ls-vision --dataset fashion-mnist).
 system-deps:
 	@if ! command -v diatheke >/dev/null || ! diatheke -b system -k modulelist 2>/dev/null | grep -q spaRV1909eb \
-	    || ! diatheke -b system -k modulelist 2>/dev/null | grep -q engWEB2015eb; then \
+	    || ! diatheke -b system -k modulelist 2>/dev/null | grep -q engWEB2015eb \
+	    || [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]; then \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq diatheke sword-text-sparv sword-text-web; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq diatheke sword-text-sparv sword-text-web dataset-fashion-mnist; \
 	fi
 
 test: install system-deps

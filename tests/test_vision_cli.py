@@ -113,7 +113,7 @@ BAD_INPUT = {
     "val-size 0": (["--val-size", "0"], "--val-size: must be an integer >= 1, got 0"),
     "val-size all of cifar": (["--dataset", "cifar10", "--model", "resnet20", "--val-size", "50000"],
                               "--val-size: must be < 50000, the training images of cifar10, got 50000"),
-    "val-size with digits": (["--val-size", "100"], "--val-size: only for cifar10, cifar100 (--dataset "
+    "val-size with digits": (["--val-size", "100"], "--val-size: only for fashion-mnist, cifar10, cifar100 (--dataset "
                                                     "digits has a fixed split), got 100"),
     "milestone 0": (["--lr-scheduler", "step", "--lr-milestones", "0"],
                     "--lr-milestones: must be an integer >= 1, got 0"),
@@ -154,10 +154,26 @@ BAD_INPUT = {
     "unknown option": (["--learning-rate", "0.1"], "unrecognized arguments: --learning-rate 0.1"),
     # unknown choices
     "unknown model": (["--model", "vgg16"], "--model: must be one of resnet20, resnet32, resnet56, "
-                                            "resnet110, alexnet, smallcnn, got 'vgg16'"),
+                                            "resnet110, alexnet, smallcnn, mlp, got 'vgg16'"),
     "unknown dataset": (["--dataset", "imagenet"], "--dataset: must be one of"),
     "unknown scheduler": (["--lr-scheduler", "linear"], "--lr-scheduler: must be one of step, cosine, got 'linear'"),
     "unknown device": (["--device", "tpu"], "--device: must be one of cpu, cuda, got 'tpu'"),
+    "unknown optimizer": (["--optimizer", "rmsprop"], "--optimizer: must be one of sgd, adam, got 'rmsprop'"),
+    # options of one optimizer or model only
+    "momentum with adam": (["--optimizer", "adam", "--momentum", "0.9"], "--momentum: only with --optimizer sgd, got 0.9"),
+    "nesterov with adam": (["--optimizer", "adam", "--nesterov"], "--nesterov: needs --optimizer sgd and --momentum > 0"),
+    "mlp width with a cnn": (["--model", "smallcnn", "--mlp-width", "64"], "--mlp-width: only with --model mlp, got 64"),
+    "mlp depth 0": (["--model", "mlp", "--mlp-depth", "0"], "--mlp-depth: must be an integer >= 1, got 0"),
+    "mlp width a fraction": (["--model", "mlp", "--mlp-width", "0.5"], "--mlp-width: must be an integer >= 1, got 0.5"),
+    "mlp dropout 1": (["--model", "mlp", "--mlp-dropout", "1"], "--mlp-dropout: must be in [0, 1), got 1.0"),
+    "mlp dropout nan": (["--model", "mlp", "--mlp-dropout", "nan"], "--mlp-dropout: must be in [0, 1), got nan"),
+    "val-size all of fashion-mnist": (["--dataset", "fashion-mnist", "--val-size", "60000"],
+                                      "--val-size: must be < 60000, the training images of fashion-mnist, got 60000"),
+    # data that is not there
+    "data: fashion-mnist missing": (["--dataset", "fashion-mnist", "--model", "mlp", "--data-dir", "/nonexistent/fm"],
+                                    "--data-dir: must be a directory holding Fashion-MNIST's idx files"),
+    "data: fashion-mnist dir a file": (["--dataset", "fashion-mnist", "--model", "mlp", "--data-dir", "{file}"],
+                                       "--data-dir: must be a directory holding Fashion-MNIST's idx files"),
     # empty lists
     "milestones empty": (["--lr-scheduler", "step", "--lr-milestones"], "--lr-milestones: expected at least one argument"),
     # missing files, directories instead of files, random bytes, not a checkpoint
@@ -187,7 +203,8 @@ BAD_INPUT = {
     "temperature without teacher": (["--distill-temperature", "2"], "--distill-temperature: only with --teacher, got 2.0"),
     "test-only without resume": (["--test-only"], "--test-only: needs --resume CKPT"),
     "amp on cpu": (["--amp", "--device", "cpu"], "--amp: needs --device cuda, got --device cpu"),
-    "nesterov without momentum": (["--nesterov", "--momentum", "0"], "--nesterov: needs --momentum > 0, got --momentum 0"),
+    "nesterov without momentum": (["--nesterov", "--momentum", "0"],
+                                  "--nesterov: needs --optimizer sgd and --momentum > 0, got --optimizer sgd --momentum 0.0"),
     "resume a model-only checkpoint": (["--resume", "{good}"], "--resume: the checkpoint holds a model but no training state"),
     # --resume keeps the run's options
     "resume with more epochs": (["--resume", "{ckpt}", "--epochs", "20"],
@@ -202,6 +219,8 @@ BAD_INPUT = {
     "resume with another wd": (["--resume", "{ckpt}", "--wd", "0"], "--wd: must equal the checkpoint's 0.0005 when resuming, got 0.0"),
     "resume with another model": (["--resume", "{ckpt}", "--model", "resnet20"],
                                   "--model: must equal the checkpoint's smallcnn when resuming, got resnet20"),
+    "resume without augmentation": (["--resume", "{ckpt}", "--no-augment"],
+                                    "--augment: must equal the checkpoint's True when resuming, got False"),
     "resume with a teacher": (["--resume", "{ckpt}", "--teacher", "{good}"],
                               "--teacher: must equal the checkpoint's none when resuming, got {good}"),
     "test-only with another alpha": (["--resume", "{ckpt}", "--test-only", "--label-smoothing", "0.2"],
@@ -217,7 +236,7 @@ def test_bad_input_table(name, files, tmp_path, capsys, monkeypatch):
     arguments = [a.format(**files) for a in arguments]
     if "--output-dir" not in arguments:
         arguments += ["--output-dir", str(tmp_path / "run")]
-    if not name.startswith(("teacher with", "teacher for")):  # checks before the data is loaded
+    if not name.startswith(("teacher with", "teacher for", "data:")):  # checked before the data is loaded
         monkeypatch.setattr(data, "build_splits", None)
     line = run_refused(["--quiet", *arguments], tmp_path, capsys, files)
     assert line.startswith("ls-vision: error: " + message.format(**files)), line

@@ -50,10 +50,12 @@ PENULTIMATE_SOURCE = {
     "resnet20": (lambda m: m.stages, lambda out: out.mean(dim=(2, 3))),       # global average pool
     "alexnet": (lambda m: m.fully_connected[2], torch.relu),                 # fc 384 -> 192, ReLU
     "smallcnn": (lambda m: m.features, lambda out: out.mean(dim=(2, 3))),     # global average pool
+    "mlp": (lambda m: m.hidden[-3], torch.relu),                             # last hidden linear, ReLU
 }
 
 
-@pytest.mark.parametrize("name, width", [("resnet20", 64), ("alexnet", 192), ("smallcnn", 128)])
+@pytest.mark.parametrize("name, width", [("resnet20", 64), ("alexnet", 192), ("smallcnn", 128),
+                                         ("mlp", 512)])
 @pytest.mark.parametrize("in_channels, size", [(3, 32), (1, 8)])
 def test_models_expose_penultimate_activations_and_last_layer(name, width, in_channels, size):
     """penultimate(x) equals the activations recorded by a forward hook inside model(x), pooled
@@ -76,6 +78,26 @@ def test_models_expose_penultimate_activations_and_last_layer(name, width, in_ch
     bias = model.last_layer.bias.detach().double().numpy()
     expected = to_activations(hooked).double().numpy() @ weight.T + bias
     np.testing.assert_allclose(logits.double().numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_mlp_is_784_512_512_10_with_dropout_only_in_training():
+    model = models.build_model("mlp", 10, 1, 28)
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linear] == [(784, 512), (512, 512), (512, 10)]
+    assert sum(p.numel() for p in model.parameters()) == 784 * 512 + 512 + 512 * 512 + 512 + 512 * 10 + 10
+    model = models.build_model("mlp", 10, 1, 28, depth=1, width=256, dropout=0.5)
+    x = torch.rand(64, 1, 28, 28)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        kept = model.eval().penultimate(x)
+        dropped = model.train().penultimate(x)
+    active = kept > 0
+    zeroed = (dropped[active] == 0).float().mean().item()
+    assert 0.45 < zeroed < 0.55  # p = 0.5 of the active units dropped ...
+    survivors = active & (dropped != 0)
+    torch.testing.assert_close(dropped[survivors], 2 * kept[survivors])  # ... the rest scaled by 1/(1-p)
+    with pytest.raises(ValueError, match="model 'smallcnn' takes no options"):
+        models.build_model("smallcnn", 10, 1, 8, width=3)
 
 
 def test_unknown_model_is_a_value_error():
@@ -116,6 +138,14 @@ def test_digits_training_images_are_augmented_and_evaluation_images_are_not():
     assert any(torch.equal(c, original) for c in crops)  # the unshifted crop occurs
     assert torch.equal(splits.test[3][0], splits.test.base.images[splits.test.indices[3]])
     assert splits.test[3][1] == int(splits.test.base.labels[splits.test.indices[3]])
+
+
+def test_no_augment_gives_training_images_the_evaluation_transform():
+    splits = data.build_splits("digits", augment=False)
+    original = splits.train.base.images[splits.train.indices[0]]
+    torch.manual_seed(0)
+    assert all(torch.equal(splits.train[0][0], original) for _ in range(20))
+    assert splits.train.indices == data.build_splits("digits").train.indices
 
 
 def test_synthetic_set_is_cifar_shaped_and_flip_crop_augmented():

@@ -25,8 +25,10 @@ DEFAULT_LR_GAMMA = 0.1
 
 # The options that define a run (argparse dest -> option): fixed when resuming.
 RUN_OPTIONS = {
-    "dataset": "--dataset", "val_size": "--val-size", "model": "--model", "epochs": "--epochs",
-    "batch_size": "--batch-size", "lr": "--lr", "momentum": "--momentum",
+    "dataset": "--dataset", "val_size": "--val-size", "augment": "--augment", "model": "--model",
+    "mlp_depth": "--mlp-depth", "mlp_width": "--mlp-width", "mlp_dropout": "--mlp-dropout",
+    "epochs": "--epochs", "batch_size": "--batch-size", "optimizer": "--optimizer", "lr": "--lr",
+    "momentum": "--momentum",
     "nesterov": "--nesterov", "weight_decay": "--wd", "lr_scheduler": "--lr-scheduler",
     "lr_milestones": "--lr-milestones", "lr_gamma": "--lr-gamma",
     "label_smoothing": "--label-smoothing", "teacher": "--teacher",
@@ -35,6 +37,16 @@ RUN_OPTIONS = {
 }
 # What --test-only may change: it evaluates the checkpoint, perhaps on another compatible split.
 EVALUATION_OPTIONS = ("dataset", "val_size", "calibration_bins")
+# Options whose default depends on another option: dest -> (that option's dest, {its value:
+# default}); for other values of that option the option does not apply (and stays None).
+DEPENDENT_DEFAULTS = {
+    "lr": ("optimizer", {"sgd": 0.05, "adam": 1e-3}),
+    "weight_decay": ("optimizer", {"sgd": 5e-4, "adam": 0.0}),
+    "momentum": ("optimizer", {"sgd": 0.9}),
+    "mlp_depth": ("model", {"mlp": 2}),
+    "mlp_width": ("model", {"mlp": 512}),
+    "mlp_dropout": ("model", {"mlp": 0.0}),
+}
 
 
 class _NotGiven:
@@ -121,27 +133,44 @@ def get_args_parser() -> cli.ArgumentParser:
                     "accuracy and calibration (When Does Label Smoothing Help?, sections 2-4). "
                     f"`{PROG} plot RUN_DIR... --out FIG.png` draws a Fig. 2-style diagram.")
     parser.add_argument("--dataset", default="digits", **choice("--dataset", data.DATASETS),
-                        help="digits works offline; synthetic is for tests")
-    parser.add_argument("--data-dir", default="data", help="where CIFAR is, or is downloaded to")
+                        help="digits and fashion-mnist work offline; synthetic is for tests")
+    parser.add_argument("--data-dir",
+                        help="where CIFAR is, or is downloaded to (default: data); where the "
+                             "Fashion-MNIST idx files are (default: "
+                             f"{data.FASHION_MNIST_DIR}, Debian's dataset-fashion-mnist)")
     parser.add_argument("--val-size", type=integer("--val-size", 1),
                         default=data.CIFAR_DEFAULT_VAL_SIZE,
-                        help="CIFAR training images held out as the validation split (digits "
-                             "and synthetic have fixed splits)")
+                        help="training images held out as the validation split (Fashion-MNIST, "
+                             "CIFAR; digits and synthetic have fixed splits)")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                        help="random training augmentation (digits: 1-pixel shifts; "
+                             "Fashion-MNIST: shifts of up to 2 pixels; CIFAR, synthetic: crops "
+                             "of the 4-pixel-padded image and horizontal flips)")
     parser.add_argument("--model", default="smallcnn", **choice("--model", models.MODELS),
-                        help="CIFAR ResNets, an AlexNet-style net, a small CNN for digits")
+                        help="CIFAR ResNets, an AlexNet-style net, a small CNN for digits, a "
+                             "multi-layer perceptron")
+    parser.add_argument("--mlp-depth", type=integer("--mlp-depth", 1),
+                        help="hidden layers of the mlp (default 2)")
+    parser.add_argument("--mlp-width", type=integer("--mlp-width", 1),
+                        help="units per hidden layer of the mlp (default 512)")
+    parser.add_argument("--mlp-dropout", type=probability("--mlp-dropout"),
+                        help="dropout probability after each hidden layer of the mlp, in [0, 1) "
+                             "(default 0)")
     parser.add_argument("--epochs", type=integer("--epochs", 1), default=40,
                         help="training epochs")
     parser.add_argument("--batch-size", "-b", type=integer("--batch-size", 1), default=64,
                         help="images per process and step")
     parser.add_argument("--eval-batch-size", type=integer("--eval-batch-size", 1),
                         default=256, help="images per process")
-    parser.add_argument("--lr", type=positive("--lr"), default=0.05,
-                        help="initial learning rate")
-    parser.add_argument("--momentum", type=probability("--momentum"), default=0.9,
-                        help="SGD momentum, in [0, 1)")
+    parser.add_argument("--optimizer", default="sgd", **choice("--optimizer", ("sgd", "adam")),
+                        help="SGD with momentum, or Adam (betas 0.9, 0.999)")
+    parser.add_argument("--lr", type=positive("--lr"),
+                        help="initial learning rate (default 0.05 with sgd, 0.001 with adam)")
+    parser.add_argument("--momentum", type=probability("--momentum"),
+                        help="SGD momentum, in [0, 1) (default 0.9; sgd only)")
     parser.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
-    parser.add_argument("--wd", "--weight-decay", dest="weight_decay", default=5e-4,
-                        type=non_negative("--wd"), help="L2 weight decay of SGD, >= 0")
+    parser.add_argument("--wd", "--weight-decay", dest="weight_decay", type=non_negative("--wd"),
+                        help="L2 weight decay, >= 0 (default 5e-4 with sgd, 0 with adam)")
     parser.add_argument("--lr-scheduler", default="cosine", **choice("--lr-scheduler", ("step", "cosine")),
                         help="step: multiply the lr by --lr-gamma at each of --lr-milestones "
                              "(constant without milestones); cosine: lr * (1 + cos(pi * epoch / "
@@ -236,7 +265,9 @@ def _same(dest: str, given: Any, recorded: Any) -> bool:
 def complete_run_options(args: argparse.Namespace, parser: argparse.ArgumentParser,
                          resumed: Optional[dict]) -> None:
     """Give every run option not on the command line the checkpoint's value (``--resume``) or
-    its default; refuse a given one that differs from the checkpoint's."""
+    its default (:data:`DEPENDENT_DEFAULTS`); refuse a given one that differs from the
+    checkpoint's, and one that does not apply (``--momentum`` with Adam, ``--mlp-width`` with a
+    CNN)."""
     recorded = recorded_options(resumed) if resumed is not None else {}
     for dest, option in RUN_OPTIONS.items():
         given = getattr(args, dest)
@@ -248,19 +279,27 @@ def complete_run_options(args: argparse.Namespace, parser: argparse.ArgumentPars
         elif not _same(dest, given, recorded[dest]) and not (args.test_only and dest in EVALUATION_OPTIONS):
             raise cli.bad_value(option, f"must equal the checkpoint's {_show(recorded[dest])} when "
                                         f"resuming", _show(given))
+    for dest, (selector, defaults) in DEPENDENT_DEFAULTS.items():
+        value, key = getattr(args, dest), getattr(args, selector)
+        if value is None:
+            setattr(args, dest, defaults.get(key))
+        elif key not in defaults:
+            raise cli.bad_value(RUN_OPTIONS[dest], f"only with {RUN_OPTIONS[selector]} "
+                                                   f"{' or '.join(defaults)}", value)
 
 
 def check_args(args: argparse.Namespace) -> None:
     """Checks between options, then the defaults that depend on others."""
-    fixed_split = args.dataset not in data.CIFAR_STATS
+    fixed_split = args.dataset not in data.TRAIN_SIZES
     if args.val_size != data.CIFAR_DEFAULT_VAL_SIZE and fixed_split:
-        raise cli.bad_value("--val-size", f"only for {', '.join(data.CIFAR_STATS)} (--dataset "
+        raise cli.bad_value("--val-size", f"only for {', '.join(data.TRAIN_SIZES)} (--dataset "
                                           f"{args.dataset} has a fixed split)", args.val_size)
     if not fixed_split and args.val_size >= data.TRAIN_SIZES[args.dataset]:
         raise cli.bad_value("--val-size", f"must be < {data.TRAIN_SIZES[args.dataset]}, the "
                                           f"training images of {args.dataset}", args.val_size)
-    if args.nesterov and args.momentum == 0.0:
-        raise cli.bad_value("--nesterov", "needs --momentum > 0", "--momentum 0")
+    if args.nesterov and not args.momentum:
+        raise cli.bad_value("--nesterov", "needs --optimizer sgd and --momentum > 0",
+                            f"--optimizer {args.optimizer} --momentum {_show(args.momentum)}")
     check_schedule(args)
     if args.teacher is None:
         for option, value in (("--distill-temperature", args.distill_temperature),

@@ -12,6 +12,9 @@ section 2).
 * ``alexnet``: the AlexNet-style CIFAR network of the TensorFlow CIFAR-10 tutorial and Zhang et
   al. (2017): two [5x5 convolution (64 channels), ReLU, 3x3/2 max-pool, local response
   normalisation] blocks, fully connected layers of 384 and 192 units (D = 192), linear.
+* ``mlp``: a multi-layer perceptron on the flattened image: ``depth`` hidden layers of ``width``
+  units, each [linear, ReLU, dropout ``p``] (D = width), linear.  784-512-512-10 (depth 2, width
+  512, the default) has 669,706 parameters on 28x28 Fashion-MNIST.
 * ``smallcnn``: three 3x3 convolutions (32, 64, 128 channels) with batch normalisation and ReLU,
   a 2x2 max-pool after the second, global average pooling (D = 128), linear.  Trains on
   ``digits`` on a CPU in about a minute.
@@ -20,12 +23,14 @@ All models take ``in_channels`` and ``image_size`` so that they run on 8x8 digit
 """
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 RESNET_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet56": 56, "resnet110": 110}
-MODELS = tuple(RESNET_DEPTHS) + ("alexnet", "smallcnn")
+MODELS = tuple(RESNET_DEPTHS) + ("alexnet", "smallcnn", "mlp")
 
 
 class Classifier(nn.Module):
@@ -141,8 +146,43 @@ class SmallCNN(Classifier):
         return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
 
 
-def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32) -> Classifier:
-    """A freshly initialised model ``name`` (one of :data:`MODELS`)."""
+class MLP(Classifier):
+    """Multi-layer perceptron on the flattened image (see the module docstring)."""
+
+    def __init__(self, num_classes: int, in_channels: int = 1, image_size: int = 28, *,
+                 depth: int = 2, width: int = 512, dropout: float = 0.0):
+        super().__init__()
+        if depth < 1 or width < 1 or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"MLP needs depth >= 1, width >= 1 and dropout in [0, 1), got "
+                             f"{depth}, {width}, {dropout}")
+        layers, features = [nn.Flatten()], in_channels * image_size * image_size
+        for _ in range(depth):
+            layers += [nn.Linear(features, width), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            features = width
+        self.hidden = nn.Sequential(*layers)
+        self.last_layer = nn.Linear(width, num_classes)
+
+    def penultimate(self, x: Tensor) -> Tensor:
+        return self.hidden(x)
+
+
+def architecture(name: str, run_args: Mapping[str, Any]) -> dict:
+    """The keyword arguments of :func:`build_model` that a run's options (``mlp_depth``,
+    ``mlp_width``, ``mlp_dropout``) set for model ``name``; recorded in checkpoints."""
+    if name != "mlp":
+        return {}
+    return {"depth": run_args["mlp_depth"], "width": run_args["mlp_width"],
+            "dropout": run_args["mlp_dropout"]}
+
+
+def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32,
+                **options) -> Classifier:
+    """A freshly initialised model ``name`` (one of :data:`MODELS`); ``options`` are the MLP's
+    ``depth``, ``width`` and ``dropout``."""
+    if name == "mlp":
+        return MLP(num_classes, in_channels, image_size, **options)
+    if options:
+        raise ValueError(f"model {name!r} takes no options, got {sorted(options)}")
     if name in RESNET_DEPTHS:
         return CifarResNet(RESNET_DEPTHS[name], num_classes, in_channels)
     if name == "alexnet":
@@ -155,7 +195,8 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, image_size: i
 def read_checkpoint(path: str, map_location="cpu") -> dict:
     """The ``ls-vision`` checkpoint at ``path``, loaded safely (``torch.load(weights_only=True)``:
     tensors and plain types only).  It records ``model``, ``num_classes``, ``in_channels``,
-    ``image_size``, ``dataset``, ``state_dict`` and the training ``args``."""
+    ``image_size``, ``architecture`` (the MLP's options), ``dataset``, ``state_dict`` and the
+    training ``args``."""
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     keys = ("model", "num_classes", "in_channels", "image_size", "state_dict")
     missing = [key for key in keys if not isinstance(checkpoint, dict) or key not in checkpoint]
@@ -167,7 +208,7 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
 def model_from_checkpoint(checkpoint: dict) -> Classifier:
     """The checkpoint's model with its weights, in eval mode."""
     model = build_model(checkpoint["model"], checkpoint["num_classes"], checkpoint["in_channels"],
-                        checkpoint["image_size"])
+                        checkpoint["image_size"], **checkpoint.get("architecture", {}))
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval()
 

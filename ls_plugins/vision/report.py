@@ -11,6 +11,7 @@ import os
 from typing import Optional
 
 from ls_plugins import cli
+from ls_plugins.atomic import write_json
 
 PROG = "ls-vision"
 METRICS = "metrics.json"
@@ -91,6 +92,16 @@ def summary(metrics: dict, output_dir: str, seconds: float) -> str:
                  f"{os.path.join(output_dir, RELIABILITY)}"
                  + ("" if run_args["test_only"] else f", {os.path.join(output_dir, CHECKPOINT)}"))
     return "\n".join(lines)
+
+
+def write_final_outputs(metrics: dict, result: dict, output_dir: str, title: str,
+                        seconds: float) -> None:
+    """``metrics.json`` with the final metrics, ``reliability.png``, and the summary on stdout."""
+    metrics["final"] = final_metrics(result, metrics["history"])
+    metrics["epochs_trained"] = len(metrics["history"])
+    write_json(os.path.join(output_dir, METRICS), metrics)
+    draw_reliability(metrics["final"], metrics["args"], os.path.join(output_dir, RELIABILITY), title)
+    print(summary(metrics, output_dir, seconds), flush=True)
 
 
 # -- `ls-vision plot` ------------------------------------------------------------------------------

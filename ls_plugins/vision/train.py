@@ -99,14 +99,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     loaders = build_loaders(args, splits, device, rank, world_size)
     teacher = prepare_teacher(teacher, args, device) if teacher is not None else None
     metrics = {"args": vars(args), "dataset": args.dataset, "model": args.model,
-               "num_classes": splits.num_classes, "world_size": world_size, "history": run.history,
+               "num_classes": splits.num_classes, "class_names": list(splits.class_names),
+               "world_size": world_size, "history": run.history,
                "parameters": sum(p.numel() for p in run.module.parameters())}
     with non_finite_errors(parser, rank):
         result = train_epochs(run, teacher, loaders, splits, args, device, metrics, rank)
         if result is None:  # --test-only, or resuming a run that has finished
             result = evaluate_splits(run.module, loaders.val, loaders.test, args, device)
     if rank == 0:
-        write_final_outputs(metrics, result, run.history, args, time.perf_counter() - started)
+        report.write_final_outputs(metrics, result, args.output_dir,
+                                   f"{args.model} / {args.dataset} (test)", time.perf_counter() - started)
     distributed.shutdown()
     return 0
 
@@ -151,7 +153,8 @@ def load_splits(args: argparse.Namespace, rank: int) -> data.Splits:
     if rank != 0:
         distributed.barrier()
     try:
-        splits = data.build_splits(args.dataset, args.data_dir, val_size=args.val_size)
+        splits = data.build_splits(args.dataset, args.data_dir, val_size=args.val_size,
+                                   augment=args.augment)
     except data.DataUnavailableError as error:
         raise cli.UsageError(str(error)) from None
     if rank == 0:
@@ -165,11 +168,15 @@ def memory_format(args: argparse.Namespace) -> torch.memory_format:
 
 def build_run(args: argparse.Namespace, splits: data.Splits, device: torch.device,
               resumed: Optional[dict], rank: int, world_size: int) -> Run:
-    """A fresh model, SGD and its schedule, or the state of the ``--resume`` checkpoint."""
-    module = models.build_model(args.model, splits.num_classes, splits.in_channels, splits.image_size)
+    """A fresh model, optimiser and schedule, or the state of the ``--resume`` checkpoint."""
+    module = models.build_model(args.model, splits.num_classes, splits.in_channels, splits.image_size,
+                                **models.architecture(args.model, vars(args)))
     module.to(device, memory_format=memory_format(args))
-    optimizer = torch.optim.SGD(module.parameters(), lr=args.lr, momentum=args.momentum,
-                                weight_decay=args.weight_decay, nesterov=args.nesterov)
+    if args.optimizer == "adam":
+        optimizer = torch.optim.Adam(module.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(module.parameters(), lr=args.lr, momentum=args.momentum,
+                                    weight_decay=args.weight_decay, nesterov=args.nesterov)
     if args.lr_scheduler == "step":
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_milestones, args.lr_gamma)
     else:
@@ -254,7 +261,7 @@ def training_checkpoint(run: Run, args: argparse.Namespace, splits: data.Splits,
     """The model (teacher format) plus everything ``--resume`` needs to continue exactly."""
     return {"model": args.model, "num_classes": splits.num_classes,
             "in_channels": splits.in_channels, "image_size": splits.image_size,
-            "dataset": args.dataset, "args": vars(args), "state_dict": run.module.state_dict(),
+            "architecture": models.architecture(args.model, vars(args)), "dataset": args.dataset, "args": vars(args), "state_dict": run.module.state_dict(),
             "epoch": epoch, "optimizer": run.optimizer.state_dict(),
             "lr_scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
             "history": run.history,
@@ -390,17 +397,6 @@ def evaluate_splits(model: nn.Module, val_loader: DataLoader, test_loader: DataL
     (test, test_scaled), _, _ = evaluate(model, test_loader, args, device,
                                          temperatures=(1.0, temperature))
     return {"val": val, "temperature": temperature, "test": test, "test_scaled": test_scaled}
-
-
-def write_final_outputs(metrics: dict, result: dict, history: list, args: argparse.Namespace,
-                        seconds: float) -> None:
-    """``metrics.json`` with the final metrics, ``reliability.png``, and the summary."""
-    metrics["final"] = report.final_metrics(result, history)
-    metrics["epochs_trained"] = len(history)
-    write_json(os.path.join(args.output_dir, METRICS), metrics)
-    report.draw_reliability(metrics["final"], metrics["args"], os.path.join(args.output_dir, RELIABILITY),
-                            f"{args.model} / {args.dataset} (test)")
-    print(report.summary(metrics, args.output_dir, seconds), flush=True)
 
 
 if __name__ == "__main__":
