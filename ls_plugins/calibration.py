@@ -1,4 +1,4 @@
-"""Calibration statistics: ECE, MCE, NLL, Brier score, reliability bins, temperature fitting.
+"""Calibration statistics: ECE, MCE, NLL, Brier score, reliability bins, bootstrap intervals.
 
 Pure torch (paper section 3; Guo et al. 2017).  One prediction's *confidence* is its largest
 probability and it is *correct* when its argmax equals the target.
@@ -12,49 +12,39 @@ With ``n_b`` predictions, confidence sum ``C_b`` and correct count ``A_b`` in bi
     MCE = max over non-empty b of |A_b / n_b - C_b / n_b|
 
 All sums are float64, so shards, batches and workers merge exactly (``a.merge(b)`` or ``a + b``).
+The other estimators (debiased squared calibration error, marginal and adaptive ECE) are defined
+on the methods that compute them.
+
+Intervals (``bootstrap=B``): a Poisson bootstrap over groups (sentences, images).  Each group
+gets ``B`` weights ``w ~ Poisson(1)`` that depend only on ``(seed, group id)``
+(:mod:`ls_plugins.bootstrap`); every replicate keeps its own weighted bin table, so replicates
+merge like the main table, and statistics of two models scored on the same groups with the
+same seed are paired (:func:`paired_interval`).  An interval is the percentile interval of the
+metric over the replicates.  ``groups=None`` makes each prediction its own group, identified by
+its running position in this object: deterministic for one stream of updates (and paired
+between two models scored on the same predictions in the same order), but a second shard's
+positions would repeat the first's, so merging two objects that both used positions is refused:
+give explicit group ids (e.g. sentence ids) when statistics are merged across shards or workers.
 """
 from __future__ import annotations
 
 import math
-from typing import Mapping, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-from .cli import check_int_at_least
-from .losses import check_temperature
+from .alignment import hypothesis_correctness  # noqa: F401  (public API, DESIGN.md)
+from .bootstrap import percentile_interval, poisson_weights
+from .calibration_fit import TemperatureFit, fit_temperature, flatten_predictions  # noqa: F401
+from .calibration_bins import (DEFAULT_BINS, METRICS, bin_edges, bin_index,  # noqa: F401
+                               bin_sums, check_bins, class_bin_sums, ece_from_bin_sums,
+                               metric_from_sums)
+from .calibration_predictions import confidence_and_correct, update_at_temperatures
+from .cli import bad_value, check_int_at_least, check_open_unit
 
-DEFAULT_BINS = 15
-SMALL_K = 64  # up to this many classes a full arg-max pass is cheaper than avoiding it
-
-
-def check_bins(n_bins: int, option: str = "--calibration-bins") -> int:
-    """Return ``n_bins`` if it is an integer >= 1; raise ``ValueError`` otherwise."""
-    return check_int_at_least(option, n_bins, 1)
-
-
-def bin_edges(n_bins: int) -> Tensor:
-    return torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64)
-
-
-def bin_sums(confidence: Tensor, correct: Tensor, n_bins: int = DEFAULT_BINS) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-bin ``(count, confidence sum, correct count)`` as float64 vectors of length ``n_bins``."""
-    confidence = confidence.detach().reshape(-1).double().cpu()
-    correct = correct.detach().reshape(-1).double().cpu()
-    index = (torch.bucketize(confidence, bin_edges(n_bins), right=False) - 1).clamp_(0, n_bins - 1)
-    values = torch.stack([torch.ones_like(confidence), confidence, correct])
-    sums = torch.zeros(3, n_bins, dtype=torch.float64).scatter_add_(1, index.expand(3, -1), values)
-    return sums[0], sums[1], sums[2]
-
-
-def ece_from_bin_sums(counts, conf_sums, correct_sums) -> float:
-    """``sum_b |A_b - C_b| / N`` from per-bin sums (any sequences of equal length)."""
-    counts, conf_sums, correct_sums = (torch.as_tensor(x, dtype=torch.float64)
-                                       for x in (counts, conf_sums, correct_sums))
-    total = counts.sum()
-    if total == 0:
-        return float("nan")
-    return float((correct_sums - conf_sums).abs().sum() / total)
+GROUP_STREAM, POSITION_STREAM = 0, 1  # weight streams of explicit group ids and of positions
+CHUNK_ELEMENTS = 1 << 21  # elements of the weight matrix drawn at once
 
 
 def expected_calibration_error(probs: Tensor, target: Tensor, n_bins: int = DEFAULT_BINS) -> float:
@@ -68,96 +58,13 @@ def expected_calibration_error(probs: Tensor, target: Tensor, n_bins: int = DEFA
     return ece_from_bin_sums(*bin_sums(confidence, prediction.eq(target), check_bins(n_bins)))
 
 
-def _flatten(logits: Tensor, target: Tensor, ignore_index: Optional[int]) -> tuple[Tensor, Tensor]:
-    logits = logits.detach().reshape(-1, logits.size(-1))
-    target = target.detach().reshape(-1)
-    if ignore_index is not None:
-        keep = target.ne(ignore_index)
-        if not bool(keep.all()):
-            logits, target = logits[keep], target[keep]
-    return logits, target
-
-
-def _confidence_and_correct(probs: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(max_k p_k, p_y, argmax_k p_k == y)`` per row, without a full arg-max pass for large K.
-
-    The target is correct when its probability equals the maximum, unless another class ties
-    with it and comes first (arg-max picks the first).  Two classes can only tie at the maximum
-    when it is <= 1/2, so only those rows get an exact arg-max.
-    """
-    p_true = probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    if probs.size(-1) <= SMALL_K:  # few classes: torch's max-with-index is cheap
-        confidence, prediction = probs.max(dim=-1)
-        return confidence, p_true, prediction.eq(target)
-    confidence = probs.amax(dim=-1)
-    correct = p_true == confidence
-    maybe_tied = correct & (confidence <= 0.5)
-    if bool(maybe_tied.any()):
-        rows = maybe_tied.nonzero().squeeze(1)
-        correct[rows] = probs[rows].argmax(dim=-1) == target[rows]
-    return confidence, p_true, correct
-
-
-def _predicted_many_classes(z: Tensor, target: Tensor, target_is_max: Tensor,
-                            tie_possible: Tensor) -> Tensor:
-    """``argmax_k z_k == y`` per row without an arg-max pass over every row.
-
-    The target is predicted when it is a maximum, unless an earlier class ties with it (arg-max
-    picks the first); a tie needs ``sum_k exp((z_k - max z) / T) >= 2`` (``tie_possible``), so
-    only those rows get an exact arg-max.
-    """
-    correct = target_is_max.clone()
-    maybe_tied = correct & tie_possible
-    if bool(maybe_tied.any()):
-        rows = maybe_tied.nonzero().squeeze(1)
-        correct[rows] = z[rows].argmax(dim=-1) == target[rows]
-    return correct
-
-
-def update_at_temperatures(stats: Mapping[float, "CalibrationStats"], logits: Tensor,
-                           target: Tensor, *, ignore_index: Optional[int] = None) -> None:
-    """Add the predictions ``softmax(logits / T)`` to ``stats[T]`` for every temperature ``T``.
-
-    Shared by all temperatures: the arg-max, ``d_k = z_k - max_j z_j`` (0 at the maximum) and the
-    target's ``d_y``.  Then each temperature costs one scaled exponential, ``e_k = exp(d_k / T)``,
-    with ``s = sum_k e_k``: confidence ``1/s``, ``-log p_y = log s - d_y / T`` (no underflow),
-    and ``sum_k p_k^2 = sum_k e_k^2 / s^2`` for the Brier score.
-    """
-    for temperature in stats:
-        check_temperature("temperature", temperature)
-    logits, target = _flatten(logits, target, ignore_index)
-    if target.numel() == 0:
-        return
-    z = logits if logits.dtype == torch.float64 else logits.float()
-    if z.size(-1) <= SMALL_K:  # few classes: the maximum and the arg-max in one cheap pass
-        top, prediction = z.max(dim=-1, keepdim=True)
-        correct = prediction.squeeze(-1).eq(target)
-    else:
-        top, correct = z.amax(dim=-1, keepdim=True), None
-    shifted = z - top
-    shifted_true = shifted.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    e = shifted if len(stats) == 1 else torch.empty_like(shifted)  # one temperature: in place
-    for temperature, accumulator in stats.items():
-        if temperature == 1.0:
-            torch.exp(shifted, out=e)
-            true_scaled = shifted_true
-        else:
-            torch.mul(shifted, 1.0 / temperature, out=e).exp_()
-            true_scaled = shifted_true / temperature
-        s = e.sum(-1)
-        inv_s = s.reciprocal()
-        if correct is None:
-            correct = _predicted_many_classes(z, target, shifted_true == 0, s >= 2.0)
-        sum_sq = torch.linalg.vector_norm(e, dim=-1).square_().mul_(inv_s.square())
-        brier = sum_sq - 2.0 * true_scaled.exp() * inv_s + 1.0
-        accumulator._accumulate(inv_s, correct, s.log() - true_scaled, brier)
-
-
 class CalibrationStats:
-    """Streaming calibration statistics with O(n_bins) memory and exact merging.
+    """Streaming calibration statistics with O(n_bins * (1 + bootstrap)) memory and exact merging.
 
-    ``adaptive=True`` additionally keeps every (confidence, correct) pair so that the equal-mass
-    ("adaptive") ECE can be computed; that option costs O(N) memory.
+    ``bootstrap=B`` keeps ``B`` Poisson-bootstrap replicate tables (per bin: count, confidence
+    and correct sums; NLL and Brier sums) for :meth:`interval`, drawn with ``seed``.
+    ``marginal=True`` keeps per-class bin sums (O(K * n_bins)) for :meth:`marginal_ece`.
+    ``adaptive=True`` keeps every (confidence, correct) pair for :meth:`adaptive_ece` (O(N)).
 
     >>> stats = CalibrationStats(n_bins=10)
     >>> stats.update(torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]))
@@ -165,57 +72,126 @@ class CalibrationStats:
     (2, 0.5, 0.8059, 0.4251)
     """
 
-    def __init__(self, n_bins: int = DEFAULT_BINS, *, adaptive: bool = False):
+    def __init__(self, n_bins: int = DEFAULT_BINS, *, bootstrap: int = 0, seed: int = 0,
+                 adaptive: bool = False, marginal: bool = False):
         self.n_bins = check_bins(n_bins)
+        self.bootstrap = check_int_at_least("bootstrap", bootstrap, 0)
+        self.seed = check_int_at_least("seed", seed, 0)
         self.adaptive = adaptive
+        self.marginal = marginal
         self.counts = torch.zeros(self.n_bins, dtype=torch.float64)
         self.conf_sums = torch.zeros(self.n_bins, dtype=torch.float64)
         self.correct_sums = torch.zeros(self.n_bins, dtype=torch.float64)
         self.nll_sum = 0.0
         self.brier_sum = 0.0
+        # replicate r: [bin counts | bin confidence sums | bin correct sums | NLL sum | Brier sum]
+        self.replicate_sums = torch.zeros(self.bootstrap, 3 * self.n_bins + 2, dtype=torch.float64)
+        self.positions = 0  # predictions that got their running position as group id
+        self.class_sums: Optional[Tensor] = None  # marginal: [count, p_k sum, y == k] x K x bins
         self._values: list[tuple[Tensor, Tensor]] = []
 
     # -- accumulation -------------------------------------------------------------------------
     def update(self, logits: Tensor, target: Tensor, *, temperature: float = 1.0,
-               ignore_index: Optional[int] = None) -> None:
-        """Add predictions ``softmax(logits / T)`` (``... x K``) against ``target`` (``...``)."""
-        update_at_temperatures({temperature: self}, logits, target, ignore_index=ignore_index)
+               ignore_index: Optional[int] = None, groups: Optional[Tensor] = None) -> None:
+        """Add predictions ``softmax(logits / T)`` (``... x K``) against ``target`` (``...``);
+        ``groups``: one integer id per target position, the unit the bootstrap resamples."""
+        update_at_temperatures({temperature: self}, logits, target, ignore_index=ignore_index,
+                               groups=groups)
 
-    def update_probs(self, probs: Tensor, target: Tensor, *, ignore_index: Optional[int] = None) -> None:
+    def update_probs(self, probs: Tensor, target: Tensor, *, ignore_index: Optional[int] = None,
+                     groups: Optional[Tensor] = None) -> None:
         """Add predictions given as probabilities (e.g. an ensemble's averaged softmax)."""
-        probs, target = _flatten(probs, target, ignore_index)
+        probs, target, groups = flatten_predictions(probs, target, ignore_index, groups)
         if target.numel() == 0:
             return
         if probs.dtype != torch.float64:
             probs = probs.float()
-        confidence, p_true, correct = _confidence_and_correct(probs, target)
+        confidence, p_true, correct = confidence_and_correct(probs, target)
         self._accumulate(confidence, correct, -p_true.clamp_min(1e-45).log(),
-                         probs.pow(2).sum(-1) - 2.0 * p_true + 1.0)
+                         probs.pow(2).sum(-1) - 2.0 * p_true + 1.0, groups=groups)
+        if self.marginal:
+            self._accumulate_classes(probs, target)
 
-    def _accumulate(self, confidence: Tensor, correct: Tensor, nll: Tensor, brier: Tensor) -> None:
+    def _accumulate(self, confidence: Tensor, correct: Tensor, nll: Tensor, brier: Tensor, *,
+                    groups: Optional[Tensor] = None) -> None:
         counts, conf_sums, correct_sums = bin_sums(confidence, correct, self.n_bins)
         self.counts += counts
         self.conf_sums += conf_sums
         self.correct_sums += correct_sums
-        self.nll_sum += float(nll.double().sum())
-        self.brier_sum += float(brier.double().sum())
+        nll, brier = nll.detach().double().cpu(), brier.detach().double().cpu()
+        self.nll_sum += float(nll.sum())
+        self.brier_sum += float(brier.sum())
+        if self.bootstrap:
+            self._accumulate_replicates(confidence.detach().double().cpu(),
+                                        correct.detach().double().cpu(), nll, brier, groups)
         if self.adaptive:
             self._values.append((confidence.detach().double().cpu(), correct.detach().cpu()))
 
+    def _accumulate_replicates(self, confidence: Tensor, correct: Tensor, nll: Tensor,
+                               brier: Tensor, groups: Optional[Tensor]) -> None:
+        """Add ``weights (B x G) @ table (G x columns)``: the per-group sums of this batch,
+        weighted by every group's replicate weights (drawn once per group and update)."""
+        n, nb = confidence.numel(), self.n_bins
+        if groups is None:
+            ids = torch.arange(self.positions, self.positions + n)
+            of_prediction, stream = torch.arange(n), POSITION_STREAM
+            self.positions += n
+        else:
+            ids, of_prediction = torch.unique(groups.cpu(), return_inverse=True)
+            stream = GROUP_STREAM
+        width = 3 * nb + 2
+        index = bin_index(confidence, nb)
+        columns = torch.stack([index, index + nb, index + 2 * nb, torch.full_like(index, 3 * nb),
+                               torch.full_like(index, 3 * nb + 1)]) + of_prediction * width
+        values = torch.stack([torch.ones_like(confidence), confidence, correct, nll, brier])
+        table = torch.zeros(ids.numel() * width, dtype=torch.float64)
+        table = table.index_add_(0, columns.reshape(-1), values.reshape(-1)).view(-1, width)
+        step = max(1, CHUNK_ELEMENTS // self.bootstrap)
+        for start in range(0, ids.numel(), step):
+            weights = poisson_weights(self.seed, ids[start:start + step], self.bootstrap, stream)
+            self.replicate_sums.addmm_(weights, table[start:start + step])
+
+    def _accumulate_classes(self, probs: Tensor, target: Tensor) -> None:
+        sums = class_bin_sums(probs, target, self.n_bins)
+        if self.class_sums is None:
+            self.class_sums = sums
+        elif self.class_sums.shape != sums.shape:
+            raise bad_value("logits", f"must have as many classes as before ({self.class_sums.size(1)})",
+                            sums.size(1))
+        else:
+            self.class_sums += sums
+
     def merge(self, other: "CalibrationStats") -> "CalibrationStats":
-        """A new ``CalibrationStats`` holding both sets of predictions (exact)."""
+        """A new ``CalibrationStats`` holding both sets of predictions (exact, replicates too)."""
         if other.n_bins != self.n_bins:
             raise ValueError(f"cannot merge statistics with {self.n_bins} and {other.n_bins} bins")
         if other.adaptive != self.adaptive:
             raise ValueError(f"cannot merge statistics with adaptive={self.adaptive} and "
                              f"adaptive={other.adaptive}: the adaptive ECE needs every "
                              f"prediction's confidence from both")
-        merged = CalibrationStats(self.n_bins, adaptive=self.adaptive)
+        for name in ("bootstrap", "seed", "marginal"):
+            if getattr(other, name) != getattr(self, name):
+                raise bad_value(name, f"merged statistics must share it ({getattr(self, name)})",
+                                getattr(other, name))
+        if self.bootstrap and self.positions and other.positions:
+            raise bad_value("groups", "merging bootstrap statistics needs explicit group ids "
+                            "(running positions repeat between shards)", "None on both sides")
+        merged = CalibrationStats(self.n_bins, bootstrap=self.bootstrap, seed=self.seed,
+                                  adaptive=self.adaptive, marginal=self.marginal)
         merged.counts = self.counts + other.counts
         merged.conf_sums = self.conf_sums + other.conf_sums
         merged.correct_sums = self.correct_sums + other.correct_sums
         merged.nll_sum = self.nll_sum + other.nll_sum
         merged.brier_sum = self.brier_sum + other.brier_sum
+        merged.replicate_sums = self.replicate_sums + other.replicate_sums
+        merged.positions = self.positions + other.positions
+        if self.class_sums is None or other.class_sums is None:
+            merged.class_sums = other.class_sums if self.class_sums is None else self.class_sums
+        elif self.class_sums.shape != other.class_sums.shape:
+            raise bad_value("other", f"must have {self.class_sums.size(1)} classes",
+                            other.class_sums.size(1))
+        else:
+            merged.class_sums = self.class_sums + other.class_sums
         if merged.adaptive:
             merged._values = self._values + other._values
         return merged
@@ -224,32 +200,75 @@ class CalibrationStats:
 
     @classmethod
     def from_sums(cls, counts, conf_sums, correct_sums, nll_sum: float = 0.0,
-                  brier_sum: float = 0.0) -> "CalibrationStats":
-        """Rebuild statistics from per-bin sums (e.g. summed fairseq logging outputs)."""
-        stats = cls(len(counts))
+                  brier_sum: float = 0.0, *, replicate_sums=None, seed: int = 0) -> "CalibrationStats":
+        """Rebuild statistics from per-bin sums (e.g. summed fairseq logging outputs or
+        all-reduced workers); ``replicate_sums`` (B x (3 n_bins + 2)) restores the bootstrap."""
+        n_bins = len(counts)
+        replicates = 0 if replicate_sums is None else len(replicate_sums)
+        stats = cls(n_bins, bootstrap=replicates, seed=seed)
         stats.counts = torch.as_tensor(counts, dtype=torch.float64).clone()
         stats.conf_sums = torch.as_tensor(conf_sums, dtype=torch.float64).clone()
         stats.correct_sums = torch.as_tensor(correct_sums, dtype=torch.float64).clone()
         stats.nll_sum, stats.brier_sum = float(nll_sum), float(brier_sum)
+        if replicate_sums is not None:
+            replicate_sums = torch.as_tensor(replicate_sums, dtype=torch.float64).clone()
+            if replicate_sums.shape != stats.replicate_sums.shape:
+                raise bad_value("replicate_sums", f"must have shape (B, {3 * n_bins + 2})",
+                                tuple(replicate_sums.shape))
+            stats.replicate_sums = replicate_sums
         return stats
 
     # -- results ------------------------------------------------------------------------------
     def count(self) -> int:
         return int(self.counts.sum())
 
-    def _mean(self, total: float) -> float:
-        n = self.count()
-        return total / n if n else float("nan")
+    def _metric(self, metric: str) -> float:
+        return float(metric_from_sums(metric, self.counts, self.conf_sums, self.correct_sums,
+                                      torch.tensor(self.nll_sum, dtype=torch.float64),
+                                      torch.tensor(self.brier_sum, dtype=torch.float64)))
 
     def ece(self) -> float:
-        return ece_from_bin_sums(self.counts, self.conf_sums, self.correct_sums)
+        return self._metric("ece")
 
     def mce(self) -> float:
-        nonempty = self.counts > 0
-        if not bool(nonempty.any()):
+        return self._metric("mce")
+
+    def debiased_ce2(self) -> float:
+        """Debiased squared calibration error (Kumar et al. 2019, "Verified Uncertainty
+        Calibration"), from the equal-width bins: see :func:`metric_from_sums`."""
+        return self._metric("debiased_ce2")
+
+    def accuracy(self) -> float:
+        return self._metric("accuracy")
+
+    def confidence(self) -> float:
+        return self._metric("confidence")
+
+    def nll(self) -> float:
+        """Mean negative log-likelihood of the target, in nats."""
+        return self._metric("nll")
+
+    def brier(self) -> float:
+        """Mean multi-class Brier score ``sum_k (p_k - y_k)^2``."""
+        return self._metric("brier")
+
+    def marginal_ece(self) -> float:
+        """All-class (marginal) ECE: every class probability binned, not only the top one.
+
+        Per class ``k`` and equal-width bin ``b`` of ``p_k``: ``P_kb`` the sum of ``p_k`` and
+        ``Y_kb`` the number of predictions with target ``k``; over ``N`` predictions and ``K``
+        classes (every class of the logits, predicted or not), the uniform average of per-class
+        ECEs (the "static calibration error" of Nixon et al. 2019)::
+
+            marginal_ece = (1/K) sum_k sum_b |Y_kb - P_kb| / N
+        """
+        if not self.marginal:
+            raise bad_value("marginal", "marginal_ece needs CalibrationStats(..., marginal=True)",
+                            self.marginal)
+        if self.class_sums is None or self.count() == 0:
             return float("nan")
-        gaps = (self.correct_sums[nonempty] - self.conf_sums[nonempty]).abs() / self.counts[nonempty]
-        return float(gaps.max())
+        _, prob_sums, label_sums = self.class_sums
+        return float((label_sums - prob_sums).abs().sum() / (self.class_sums.size(1) * self.count()))
 
     def adaptive_ece(self) -> float:
         """Equal-mass ECE: ``n_bins`` bins holding (nearly) equal numbers of predictions."""
@@ -266,20 +285,27 @@ class CalibrationStats:
                 total += float((correct[chunk].sum() - confidence[chunk].sum()).abs())
         return total / confidence.numel()
 
-    def accuracy(self) -> float:
-        return self._mean(float(self.correct_sums.sum()))
+    # -- intervals ----------------------------------------------------------------------------
+    def replicate_values(self, metric: str = "ece") -> Tensor:
+        """``metric`` of each of the ``bootstrap`` replicates (nan for an empty replicate)."""
+        if metric not in METRICS:
+            raise bad_value("metric", f"must be one of {', '.join(METRICS)}", repr(metric))
+        if not self.bootstrap:
+            raise bad_value("bootstrap", "an interval needs CalibrationStats(..., bootstrap=B) "
+                            "with B >= 1", self.bootstrap)
+        sums, nb = self.replicate_sums, self.n_bins
+        return metric_from_sums(metric, sums[:, :nb], sums[:, nb:2 * nb], sums[:, 2 * nb:3 * nb],
+                                sums[:, 3 * nb], sums[:, 3 * nb + 1])
 
-    def confidence(self) -> float:
-        return self._mean(float(self.conf_sums.sum()))
+    def interval(self, metric: str = "ece", level: float = 0.95) -> tuple[float, float]:
+        """Percentile bootstrap interval of ``metric`` (one of :data:`METRICS`) at ``level``."""
+        values = self.replicate_values(metric)
+        return percentile_interval(values, check_open_unit("level", level))
 
-    def nll(self) -> float:
-        """Mean negative log-likelihood of the target, in nats."""
-        return self._mean(self.nll_sum)
+    def ece_interval(self, level: float = 0.95) -> tuple[float, float]:
+        return self.interval("ece", level)
 
-    def brier(self) -> float:
-        """Mean multi-class Brier score ``sum_k (p_k - y_k)^2``."""
-        return self._mean(self.brier_sum)
-
+    # -- reports ------------------------------------------------------------------------------
     def bins(self) -> list[dict]:
         edges = bin_edges(self.n_bins).tolist()
         rows = []
@@ -292,72 +318,52 @@ class CalibrationStats:
             })
         return rows
 
-    def to_dict(self) -> dict:
+    def to_dict(self, level: float = 0.95) -> dict:
+        """Every metric, JSON-ready; with ``bootstrap``, ``intervals[metric] = [low, high]`` at
+        ``interval_level``."""
         def finite(x: float):
             return x if math.isfinite(x) else None
         result = {
             "n_bins": self.n_bins, "count": self.count(), "ece": finite(self.ece()),
-            "mce": finite(self.mce()), "nll": finite(self.nll()),
-            "nll_base2": finite(self.nll() / math.log(2)), "brier": finite(self.brier()),
-            "accuracy": finite(self.accuracy()), "confidence": finite(self.confidence()),
+            "mce": finite(self.mce()), "debiased_ce2": finite(self.debiased_ce2()),
+            "nll": finite(self.nll()), "nll_base2": finite(self.nll() / math.log(2)),
+            "brier": finite(self.brier()), "accuracy": finite(self.accuracy()),
+            "confidence": finite(self.confidence()),
         }
         if self.adaptive:
             result["adaptive_ece"] = finite(self.adaptive_ece())
+        if self.marginal:
+            result["marginal_ece"] = finite(self.marginal_ece())
+        if self.bootstrap:
+            result.update(bootstrap=self.bootstrap, seed=self.seed,
+                          interval_level=check_open_unit("level", level),
+                          intervals={m: [finite(x) for x in self.interval(m, level)] for m in METRICS})
         result["bins"] = self.bins()
         return result
 
     def summary(self, temperature: float = 1.0) -> str:
-        """One log line, e.g. ``Calibration | T 1.00 | bins 15 | tokens N | ECE ... | ...``."""
+        """One log line, e.g. ``Calibration | T 1.00 | bins 15 | tokens N | ECE ... | ...``;
+        with ``bootstrap``, the ECE is followed by its 95% interval: ``ECE 0.0550 [0.0490, 0.0610]``."""
+        ece = f"{self.ece():.4f}"
+        if self.bootstrap:
+            ece += " [{:.4f}, {:.4f}]".format(*self.ece_interval())
         return (f"Calibration | T {temperature:.2f} | bins {self.n_bins} | tokens {self.count()} | "
-                f"ECE {self.ece():.4f} | MCE {self.mce():.4f} | NLL {self.nll():.4f} | "
+                f"ECE {ece} | MCE {self.mce():.4f} | NLL {self.nll():.4f} | "
                 f"Brier {self.brier():.4f} | acc {self.accuracy():.4f} | conf {self.confidence():.4f}")
 
 
-def _nll_gradient_terms(logits: Tensor, target: Tensor, beta: float, chunk: int) -> tuple[float, float, float]:
-    """NLL(beta), dNLL/dbeta and d2NLL/dbeta2 (sums) for ``softmax(beta * logits)``."""
-    value = grad = hess = 0.0
-    for start in range(0, logits.size(0), chunk):
-        z = logits[start:start + chunk].double()
-        y = target[start:start + chunk]
-        scaled = z * beta
-        log_norm = torch.logsumexp(scaled, dim=-1)
-        p = torch.exp(scaled - log_norm.unsqueeze(-1))
-        z_true = z.gather(-1, y.unsqueeze(-1)).squeeze(-1)
-        mean_z = (p * z).sum(-1)
-        value += float((log_norm - beta * z_true).sum())
-        grad += float((mean_z - z_true).sum())
-        hess += float(((p * z * z).sum(-1) - mean_z ** 2).sum())
-    return value, grad, hess
+def paired_interval(a: CalibrationStats, b: CalibrationStats, metric: str = "ece",
+                    level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``metric(a) - metric(b)`` over paired replicates.
 
-
-def fit_temperature(logits: Tensor, target: Tensor, *, ignore_index: Optional[int] = None,
-                    bounds: tuple[float, float] = (0.01, 100.0), tol: float = 1e-7) -> float:
-    """``argmin_T NLL(softmax(logits / T))``.
-
-    NLL is convex in ``beta = 1/T`` (a log-sum-exp of linear functions minus a linear term), so a
-    bracketed, safeguarded Newton search on ``beta`` finds the global minimum; the result is
-    clipped to ``bounds``.
+    ``a`` and ``b`` must have scored the same groups with the same ``seed`` and ``bootstrap``
+    (replicate ``r`` of both then weights every group alike).  Explicit group ids cannot be
+    compared afterwards, so that part is the caller's promise; running positions (``groups=None``)
+    pair only when both saw the same number of predictions.
     """
-    logits, target = _flatten(logits, target, ignore_index)
-    if target.numel() == 0:
-        raise ValueError("fit_temperature needs at least one non-ignored prediction")
-    chunk = max(1, (1 << 22) // logits.size(-1))
-    lo, hi = 1.0 / bounds[1], 1.0 / bounds[0]
-    if _nll_gradient_terms(logits, target, lo, chunk)[1] >= 0:
-        return bounds[1]
-    if _nll_gradient_terms(logits, target, hi, chunk)[1] <= 0:
-        return bounds[0]
-    beta = 1.0
-    for _ in range(100):
-        _, grad, hess = _nll_gradient_terms(logits, target, beta, chunk)
-        if grad > 0:
-            hi = beta
-        else:
-            lo = beta
-        step = beta - grad / hess if hess > 0 else None
-        beta_next = step if step is not None and lo < step < hi else math.sqrt(lo * hi)
-        if abs(beta_next - beta) <= tol * beta:
-            beta = beta_next
-            break
-        beta = beta_next
-    return 1.0 / beta
+    for name in ("bootstrap", "seed", "positions"):
+        if getattr(a, name) != getattr(b, name):
+            raise bad_value("b", f"must be paired with a: same {name} ({getattr(a, name)})",
+                            getattr(b, name))
+    difference = a.replicate_values(metric) - b.replicate_values(metric)
+    return percentile_interval(difference, check_open_unit("level", level))
