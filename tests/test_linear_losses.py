@@ -1,5 +1,6 @@
 """The fused output-layer losses against the unfused ones (plain autograd on hidden @ W.T + b)."""
 import doctest
+import json
 import subprocess
 import sys
 
@@ -257,3 +258,121 @@ def test_importable_from_losses_whichever_module_loads_first(first):
             "assert linear_smoothed_cross_entropy is m.linear_smoothed_cross_entropy\n"
             "assert linear_distillation_terms is m.linear_distillation_terms\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- the criteria with --memory-efficient-output ---------------------------------------------
+
+def criterion_pair(bible, *args):
+    """(model in train mode, a batch, criterion without the option, criterion with it)."""
+    from conftest import fairseq_setup, first_batch
+    cfg, task, model = fairseq_setup(bible / "bin", "--dropout", "0", *args)
+    fused_cfg, _, _ = fairseq_setup(bible / "bin", "--dropout", "0", *args,
+                                    "--memory-efficient-output")
+    assert fused_cfg.criterion.memory_efficient_output and not cfg.criterion.memory_efficient_output
+    return (model.train(), first_batch(task), task.build_criterion(cfg.criterion),
+            task.build_criterion(fused_cfg.criterion))
+
+
+def step_with_gradients(criterion, model, sample):
+    loss, sample_size, log = criterion(model, sample)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return loss, sample_size, log, torch.autograd.grad(loss, params)
+
+
+def assert_same_step(model, sample, plain, fused, logged):
+    loss, size, log, grads = step_with_gradients(plain, model, sample)
+    fused_loss, fused_size, fused_log, fused_grads = step_with_gradients(fused, model, sample)
+    assert fused_size == size
+    torch.testing.assert_close(fused_loss, loss, rtol=1e-5, atol=0)
+    for key in logged:
+        torch.testing.assert_close(torch.as_tensor(fused_log[key], dtype=torch.float64),
+                                   torch.as_tensor(log[key], dtype=torch.float64),
+                                   rtol=1e-5, atol=0, msg=key)
+    assert set(fused_log) == set(log)
+    # relative to the largest gradient entry: some parameters (the attention's key biases) have
+    # a true gradient of 0, and the rounding noise of both sides is all their gradients hold
+    scale = max(g.abs().max().item() for g in grads)
+    for fused_grad, grad in zip(fused_grads, grads):
+        torch.testing.assert_close(fused_grad, grad, rtol=1e-5, atol=1e-5 * scale)
+    model.eval()                      # validation: the unfused path, the same values exactly
+    with torch.no_grad():
+        _, _, eval_log = plain(model, sample)
+        _, _, fused_eval_log = fused(model, sample)
+    assert any(key.startswith("_cal_") for key in eval_log)
+    assert {k: float(v) for k, v in fused_eval_log.items()} == {k: float(v) for k, v in eval_log.items()}
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_smoothed_ce_option_gives_the_same_loss_gradients_and_logs(bible, monkeypatch, shared):
+    import conftest
+    if not shared:  # a separate output projection, not the embedding matrix
+        monkeypatch.setattr(conftest, "TINY_TRANSFORMER", [
+            a for a in conftest.TINY_TRANSFORMER if a != "--share-all-embeddings"])
+    model, sample, plain, fused = criterion_pair(
+        bible, "--criterion", "smoothed_ce", "--label-smoothing", "0.1", "--smoothing-prior",
+        "unigram", "--report-accuracy", "--ignore-prefix-size", "1")
+    assert (model.decoder.output_projection.weight is model.decoder.embed_tokens.weight) == shared
+    assert_same_step(model, sample, plain, fused, ["loss", "nll_loss", "n_correct", "total"])
+
+
+@pytest.mark.parametrize("teacher", [["--teacher-topk", "8"], []])  # top-k; dense (falls back)
+def test_distillation_ce_option_gives_the_same_loss_gradients_and_logs(bible, ls_checkpoint,
+                                                                      teacher):
+    model, sample, plain, fused = criterion_pair(
+        bible, "--criterion", "distillation_ce", "--teacher-path", str(ls_checkpoint),
+        "--distill-temperature", "2", "--distill-weight", "0.7", "--distill-scale-t2",
+        "--label-smoothing", "0.1", "--report-accuracy", *teacher)
+    assert_same_step(model, sample, plain, fused,
+                     ["loss", "nll_loss", "soft_loss", "teacher_incorrect", "n_correct"])
+
+
+def train_log(bible, save_dir, *extra):
+    from conftest import fairseq_train
+    result = fairseq_train(bible / "bin", save_dir, "--criterion", "smoothed_ce",
+                           "--label-smoothing", "0.1", "--log-format", "json", "--log-interval",
+                           "1", "--no-save", *extra, max_update=50)
+    lines = result.stdout.splitlines()
+    records = {kind: [json.loads(line[line.index("{"):]) for line in lines
+                      if f"| {kind} |" in line and "{" in line] for kind in ("train_inner", "valid")}
+    train = [(int(r["num_updates"]), float(r["loss"])) for r in records["train_inner"]]
+    valid = [float(r["valid_loss"]) for r in records["valid"]]
+    return train, valid
+
+
+def test_fairseq_train_gives_the_same_loss_curve_with_the_option(bible, tmp_path):
+    plain, plain_valid = train_log(bible, tmp_path / "plain")
+    fused, fused_valid = train_log(bible, tmp_path / "fused", "--memory-efficient-output")
+    assert [u for u, _ in plain] == [u for u, _ in fused] == list(range(1, 51))
+    assert plain[0][1] > plain[-1][1] + 1.0           # it learns
+    # logged with 3 decimals: equal up to one unit of the last, after 50 updates
+    assert max(abs(a - b) for (_, a), (_, b) in zip(plain, fused)) <= 1e-3
+    assert len(plain_valid) == len(fused_valid) >= 1
+    assert max(abs(a - b) for a, b in zip(plain_valid, fused_valid)) <= 1e-3
+
+
+TINY_ARCH = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
+             "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "32",
+             "--decoder-ffn-embed-dim", "32", "--encoder-attention-heads", "2",
+             "--decoder-attention-heads", "2", "--max-tokens", "500", "--max-update", "2", "--cpu",
+             "--optimizer", "adam", "--lr", "0.001"]
+
+
+@pytest.mark.parametrize("arch, got", [
+    (["--arch", "transformer", *TINY_ARCH, "--adaptive-softmax-cutoff", "100,300"],
+     "an adaptive softmax (--adaptive-softmax-cutoff)"),
+    (["--arch", "lstm", "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim",
+      "16", "--decoder-embed-dim", "16", "--encoder-hidden-size", "16", "--decoder-hidden-size",
+      "16", "--decoder-out-embed-dim", "16", "--max-tokens", "500", "--max-update", "2", "--cpu",
+      "--optimizer", "adam", "--lr", "0.001"],
+     "a LSTMModel with a LSTMDecoder")])
+def test_the_option_with_a_model_it_cannot_fuse_stops_with_one_line(bible, tmp_path, arch, got):
+    from conftest import command, run
+    result = run([command("fairseq-train"), bible / "bin", "--user-dir", "ls_plugins",
+                  "--task", "translation", *arch, "--criterion", "smoothed_ce",
+                  "--memory-efficient-output", "--save-dir", tmp_path / "ck"], check=False)
+    assert result.returncode == 2
+    allowed = ("needs a plain linear output layer" if "adaptive" in got else
+               "needs a transformer decoder whose output layer is a plain linear projection")
+    assert result.stderr.splitlines() == [
+        f"fairseq-train: error: --memory-efficient-output: {allowed}, got {got}"]
+    assert not (tmp_path / "ck").exists()

@@ -31,9 +31,10 @@ def calibration_logging_output(lprobs: torch.Tensor, target: torch.Tensor, paddi
     return output
 
 
-def accuracy_logging_output(lprobs: torch.Tensor, target: torch.Tensor, padding_idx: int) -> dict:
+def accuracy_logging_output(predicted: torch.Tensor, target: torch.Tensor, padding_idx: int) -> dict:
+    """Correct arg-max predictions (``predicted``: the arg-max classes) among non-pad targets."""
     mask = target.ne(padding_idx)
-    n_correct = lprobs.argmax(-1).masked_select(mask).eq(target.masked_select(mask)).sum()
+    n_correct = predicted.masked_select(mask).eq(target.masked_select(mask)).sum()
     return {"n_correct": utils.item(n_correct.data), "total": utils.item(mask.sum().data)}
 
 

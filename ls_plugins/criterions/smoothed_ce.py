@@ -19,9 +19,11 @@ from omegaconf import II
 
 from .. import cli
 from ..calibration import DEFAULT_BINS
+from ..linear_losses import linear_loss_terms
 from ..losses import check_probability, smoothed_nll_from_lprobs, unigram_prior
+from . import fused_output
 from .common import accuracy_logging_output, calibration_logging_output, reduce_loss_metrics
-from .guards import check_finite_terms, non_finite_summary, refusing_bad_input
+from .guards import check_finite_terms, non_finite_summary, refuse, refusing_bad_input
 
 SMOOTHING_PRIORS = ("uniform", "unigram")
 
@@ -43,6 +45,7 @@ class SmoothedCrossEntropyConfig(FairseqDataclass):
     calibration_bins: int = field(
         default=DEFAULT_BINS,
         metadata={"help": "equal-width bins (>= 1) for the token-level ECE logged on validation"})
+    memory_efficient_output: bool = field(default=False, metadata={"help": fused_output.HELP})
     sentence_avg: bool = II("optimization.sentence_avg")
 
 
@@ -82,7 +85,8 @@ class LabelSmoothingCriterionBase(FairseqCriterion):
             return super().build_criterion(cfg, task)
 
     def __init__(self, task, sentence_avg, label_smoothing=0.0, report_accuracy=False,
-                 ignore_prefix_size=0, calibration_bins=DEFAULT_BINS):
+                 ignore_prefix_size=0, calibration_bins=DEFAULT_BINS,
+                 memory_efficient_output=False):
         super().__init__(task)
         validate_common_options(label_smoothing, calibration_bins, ignore_prefix_size)
         self.sentence_avg = sentence_avg
@@ -90,6 +94,18 @@ class LabelSmoothingCriterionBase(FairseqCriterion):
         self.report_accuracy = report_accuracy
         self.ignore_prefix_size = ignore_prefix_size
         self.calibration_bins = calibration_bins
+        self.memory_efficient_output = bool(memory_efficient_output)
+
+    def fused_output_layer(self, model):
+        """The output projection to fuse the loss with (``--memory-efficient-output``, in
+        training), else ``None``; a model it cannot fuse stops with one line."""
+        if not self.memory_efficient_output:
+            return None
+        try:
+            projection = fused_output.output_projection(model)
+        except cli.UsageError as err:
+            refuse(str(err))
+        return projection if model.training else None
 
     def lprobs_and_target(self, model, net_output, sample):
         lprobs = model.get_normalized_probs(net_output, log_probs=True)
@@ -99,13 +115,17 @@ class LabelSmoothingCriterionBase(FairseqCriterion):
             target = target[:, self.ignore_prefix_size:].contiguous()
         return lprobs.view(-1, lprobs.size(-1)), target.view(-1)
 
-    def base_logging_output(self, model, sample, lprobs, target, loss, nll_loss) -> tuple[int, dict]:
+    def base_logging_output(self, model, sample, lprobs, target, loss, nll_loss,
+                            predicted=None) -> tuple[int, dict]:
+        """``predicted``: the arg-max classes, when there are no ``lprobs`` (fused output)."""
         sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
         output = {"loss": loss.data, "nll_loss": nll_loss.data, "ntokens": sample["ntokens"],
                   "nsentences": sample["target"].size(0), "sample_size": sample_size}
         with torch.no_grad():
             if self.report_accuracy:
-                output.update(accuracy_logging_output(lprobs, target, self.padding_idx))
+                output.update(accuracy_logging_output(
+                    lprobs.argmax(-1) if predicted is None else predicted, target,
+                    self.padding_idx))
             if not model.training:
                 output.update(calibration_logging_output(lprobs, target, self.padding_idx,
                                                          self.calibration_bins))
@@ -119,9 +139,10 @@ class LabelSmoothingCriterionBase(FairseqCriterion):
 @register_criterion("smoothed_ce", dataclass=SmoothedCrossEntropyConfig)
 class SmoothedCrossEntropyCriterion(LabelSmoothingCriterionBase):
     def __init__(self, task, sentence_avg, label_smoothing=0.0, smoothing_prior="uniform",
-                 report_accuracy=False, ignore_prefix_size=0, calibration_bins=DEFAULT_BINS):
+                 report_accuracy=False, ignore_prefix_size=0, calibration_bins=DEFAULT_BINS,
+                 memory_efficient_output=False):
         super().__init__(task, sentence_avg, label_smoothing, report_accuracy,
-                         ignore_prefix_size, calibration_bins)
+                         ignore_prefix_size, calibration_bins, memory_efficient_output)
         smoothing_prior = check_choice("--smoothing-prior", smoothing_prior, SMOOTHING_PRIORS)
         prior = None
         if smoothing_prior == "unigram":
@@ -136,6 +157,9 @@ class SmoothedCrossEntropyCriterion(LabelSmoothingCriterionBase):
             "--smoothing-prior": cli.one_of("--smoothing-prior", SMOOTHING_PRIORS)})
 
     def forward(self, model, sample, reduce=True):
+        projection = self.fused_output_layer(model)
+        if projection is not None:
+            return self.fused_forward(model, sample, projection, reduce)
         net_output = model(**sample["net_input"])
         lprobs, target = self.lprobs_and_target(model, net_output, sample)
         loss, nll_loss = smoothed_nll_from_lprobs(
@@ -147,6 +171,22 @@ class SmoothedCrossEntropyCriterion(LabelSmoothingCriterionBase):
                                                               lprobs))
         sample_size, logging_output = self.base_logging_output(model, sample, lprobs, target,
                                                                loss, nll_loss)
+        return loss, sample_size, logging_output
+
+    def fused_forward(self, model, sample, projection, reduce):
+        """The same loss and logs from the decoder's hidden states (no N x K logits)."""
+        features, target = fused_output.features_and_target(model, sample,
+                                                            self.ignore_prefix_size)
+        loss, nll_loss, _, predicted = linear_loss_terms(
+            features, projection.weight, target, bias=projection.bias, alpha=self.alpha,
+            prior=self.prior, ignore_index=self.padding_idx,
+            reduction="sum" if reduce else "none", predict=self.report_accuracy)
+        check_finite_terms("smoothed_ce", {"nll": nll_loss, "smoothing": loss},
+                           logits=features, training=model.training,
+                           details=lambda: non_finite_summary("the decoder's hidden states",
+                                                              features))
+        sample_size, logging_output = self.base_logging_output(
+            model, sample, None, target, loss, nll_loss, predicted=predicted)
         return loss, sample_size, logging_output
 
     @classmethod
