@@ -9,8 +9,14 @@ Claims, measured side by side in one run:
 2. ``CalibrationStats.update`` streamed over 2e5 predictions at K = 8192 and 1e7 at K = 10, in
    batches: time <= 1.5x one ``log_softmax`` pass over the same logits; its state does not grow
    with N (bytes of its tensors after 1 and after all batches).
+3. ``CalibrationStats.update`` with ``bootstrap=200`` vs ``bootstrap=0`` at K = 8192 (issue 12):
+   time <= 1.5x.  Realistic: batches of 4000 tokens in sentences of 30 (group ids = sentence
+   ids), and the worst case where every token is its own group (``groups=None``); toy: batches
+   of 128 tokens in sentences of 16.  Both sides alternate over rounds after a warm-up; the
+   figure is the median over rounds of the per-round ratio.
 
-Usage: python benchmarks/bench_calibration.py [--skip-generate] [--workdir DIR] [--rounds 4]
+Usage: python benchmarks/bench_calibration.py [--skip-generate] [--only-bootstrap] [--workdir DIR]
+       [--rounds 4]
 """
 from __future__ import annotations
 
@@ -76,6 +82,41 @@ def stream_claims() -> None:
              predictions_seen=stats.count())
 
 
+def bootstrap_claims(rounds: int = 7) -> None:
+    import torch
+    from ls_plugins.calibration import CalibrationStats
+
+    k, replicates = 8192, 200
+    for size, tokens, sentence, updates in (("realistic", 4000, 30, 3), ("realistic", 4000, None, 3),
+                                            ("toy", 128, 16, 40)):
+        g = torch.Generator().manual_seed(0)
+        logits = torch.randn(tokens, k, generator=g) * 3
+        target = torch.randint(0, k, (tokens,), generator=g)
+        groups = None if sentence is None else torch.arange(tokens) // sentence
+        sides = {b: CalibrationStats(bootstrap=b, seed=1) for b in (0, replicates)}
+
+        def timed(stats) -> float:
+            start = time.perf_counter()
+            for _ in range(updates):
+                stats.update(logits, target, groups=groups)
+            return time.perf_counter() - start
+
+        for stats in sides.values():  # warm-up
+            timed(stats)
+        seconds = {b: [] for b in sides}
+        for i in range(rounds):  # alternate, and alternate which side goes first
+            for b in (sides if i % 2 == 0 else reversed(list(sides))):
+                seconds[b].append(timed(sides[b]))
+        ratio = statistics.median(a / b for a, b in zip(seconds[replicates], seconds[0]))
+        grouping = "each token its own group" if sentence is None else f"sentences of {sentence}"
+        emit(f"CalibrationStats.update bootstrap={replicates} vs bootstrap=0, K={k}, {size}: "
+             f"batches of {tokens} tokens, {grouping}", "<= 1.5", ratio <= 1.5,
+             ratio=round(ratio, 3),
+             seconds_per_update={str(b): round(statistics.median(v) / updates, 4)
+                                 for b, v in seconds.items()},
+             rounds=rounds, replicate_state_bytes=sides[replicates].replicate_sums.numel() * 8)
+
+
 def generate(data: Path, checkpoint: Path, calibrate: bool) -> tuple[float, float]:
     task = (["--task", "translation_calibration", "--scoring", "calibration"] if calibrate
             else ["--task", "translation", "--scoring", "sacrebleu"])
@@ -115,10 +156,15 @@ def generate_claim(workdir: Path, rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--skip-generate", action="store_true", help="only the streaming claims")
+    parser.add_argument("--only-bootstrap", action="store_true",
+                        help="only the bootstrap claim (issue 12)")
     parser.add_argument("--workdir", type=Path, default=None, help="reuse data/model here")
     parser.add_argument("--rounds", type=int, default=4,
                         help="alternating fairseq-generate runs per side (medians compared)")
     args = parser.parse_args()
+    bootstrap_claims()
+    if args.only_bootstrap:
+        return
     stream_claims()
     if not args.skip_generate:
         generate_claim(args.workdir or Path(tempfile.mkdtemp(prefix="ls-bench-")), args.rounds)
