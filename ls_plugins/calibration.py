@@ -118,12 +118,12 @@ class CalibrationStats:
         self.counts += counts
         self.conf_sums += conf_sums
         self.correct_sums += correct_sums
-        nll, brier = nll.detach().double().cpu(), brier.detach().double().cpu()
+        nll, brier = nll.detach().double(), brier.detach().double()
         self.nll_sum += float(nll.sum())
         self.brier_sum += float(brier.sum())
         if self.bootstrap:
-            self._accumulate_replicates(confidence.detach().double().cpu(),
-                                        correct.detach().double().cpu(), nll, brier, groups)
+            self._accumulate_replicates(*(x.detach().double().cpu()
+                                          for x in (confidence, correct, nll, brier)), groups)
         if self.adaptive:
             self._values.append((confidence.detach().double().cpu(), correct.detach().cpu()))
 
@@ -186,7 +186,8 @@ class CalibrationStats:
         merged.replicate_sums = self.replicate_sums + other.replicate_sums
         merged.positions = self.positions + other.positions
         if self.class_sums is None or other.class_sums is None:
-            merged.class_sums = other.class_sums if self.class_sums is None else self.class_sums
+            one = other.class_sums if self.class_sums is None else self.class_sums
+            merged.class_sums = None if one is None else one.clone()
         elif self.class_sums.shape != other.class_sums.shape:
             raise bad_value("other", f"must have {self.class_sums.size(1)} classes",
                             other.class_sums.size(1))

@@ -246,6 +246,11 @@ def test_marginal_ece_matches_numpy_per_class_bins(k):
     reference = numpy_marginal_ece(probs.numpy(), target.numpy(), 12)
     assert stats.marginal_ece() == pytest.approx(reference, abs=1e-9)
     assert (halves[0] + halves[1]).marginal_ece() == pytest.approx(reference, abs=1e-9)
+    with_empty = stats + CalibrationStats(12, marginal=True)  # a copy, not a view of stats' sums
+    with_empty.update(logits[:100], target[:100])
+    assert stats.marginal_ece() == pytest.approx(reference, abs=1e-9)
+    with pytest.raises(ValueError, match=r"^marginal: merged statistics must share it \(True\)"):
+        stats.merge(CalibrationStats(12))
     assert stats.to_dict()["marginal_ece"] == pytest.approx(reference, abs=1e-9)
     from_probs = CalibrationStats(12, marginal=True)
     from_probs.update_probs(probs, target)
