@@ -26,8 +26,8 @@ Claims (each printed as one JSON line):
    output layer dominates): ``--train-runs`` runs each, alternating; each run's median wps over
    its logging intervals after the first (warm-up); the ratio of the medians over runs.  >= 0.9.
 
-Usage: python benchmarks/bench_linear_ce.py [--device cpu|cuda] [--rounds 5] [--skip-train]
-       [--toy-only] [--workdir DIR] [--train-runs 2] [--train-updates 30]
+Usage: python benchmarks/bench_linear_ce.py [--device cpu|cuda] [--rounds 5] [--toy-only]
+       [--skip-train | --skip-kernel] [--workdir DIR] [--train-runs 2] [--train-updates 30]
 """
 from __future__ import annotations
 
@@ -220,6 +220,8 @@ def main() -> None:
     parser.add_argument("--toy-only", action="store_true",
                         help="only the toy-size timing (seconds; no realistic size)")
     parser.add_argument("--skip-train", action="store_true", help="no fairseq-train claim")
+    parser.add_argument("--skip-kernel", action="store_true",
+                        help="only the fairseq-train claim (no memory and time of the loss step)")
     parser.add_argument("--workdir", type=Path, default=None, help="reuse the synthetic corpus")
     parser.add_argument("--train-runs", type=int, default=2, help="fairseq-train runs per side")
     parser.add_argument("--train-updates", type=int, default=30,
@@ -231,11 +233,12 @@ def main() -> None:
         variant, *size = args.child_memory
         child_peak_memory(variant, *map(int, size), args.device)
         return
-    time_claim(TOY, max(args.rounds, 7), args.device, "toy")
-    if args.toy_only:
-        return
-    memory_claim(args.device)
-    time_claim(REALISTIC, args.rounds, args.device, "realistic")
+    if not args.skip_kernel:
+        time_claim(TOY, max(args.rounds, 7), args.device, "toy")
+        if args.toy_only:
+            return
+        memory_claim(args.device)
+        time_claim(REALISTIC, args.rounds, args.device, "realistic")
     if not args.skip_train and args.device == "cpu":
         workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ls-bench-linear-"))
         training_claim(workdir, args.train_runs, args.train_updates)
