@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .cli import bad_value, check_probability
 from .cli import check_positive as check_temperature
-from .cli import check_probability
 from .losses import REDUCTIONS, _padding_mask, _reduce, distillation_terms
 from .topk_teacher import TopKTeacher
 
@@ -309,27 +309,34 @@ class _LinearLoss(torch.autograd.Function):
                     x.hidden.dtype)
                 _, grads = _run(x.layer, ctx.spec, x.hidden, x.target, x.teacher, grad_rows,
                                 tuple(ctx.needs_input_grad[:3]))
-        grads = [None if g is None else g.reshape(shape).to(dtype)
-                 for g, (shape, dtype) in zip(grads, [t or (None, None) for t in ctx.input_types])]
+        grads = [None if g is None else g.reshape(shape_dtype[0]).to(shape_dtype[1])
+                 for g, shape_dtype in zip(grads, ctx.input_types)]
         return (*grads, None, None, None, None, None, None)
 
 
-def _check_shapes(hidden: Tensor, weight: Tensor, target: Tensor, bias, prior, teacher) -> None:
+def _check_arguments(hidden: Tensor, weight: Tensor, target: Tensor, bias, prior, teacher,
+                     reduction: str, chunk_size) -> None:
+    """:class:`~ls_plugins.cli.UsageError` (``<argument>: <allowed>, got <value>``) on bad input."""
     if weight.dim() != 2 or hidden.size(-1) != weight.size(1):
-        raise ValueError(f"weight must be (K, d) with d = hidden.size(-1) = {hidden.size(-1)}, "
-                         f"got {tuple(weight.shape)}")
+        raise bad_value("weight", f"must have shape (K, {hidden.size(-1)}) (hidden's last "
+                        "dimension)", tuple(weight.shape))
     if target.shape != hidden.shape[:-1]:
-        raise ValueError(f"target must have the shape {tuple(hidden.shape[:-1])} of hidden's "
-                         f"positions, got {tuple(target.shape)}")
+        raise bad_value("target", f"must have hidden's leading shape {tuple(hidden.shape[:-1])}",
+                        tuple(target.shape))
     num_classes = weight.size(0)
     for name, vector in (("bias", bias), ("prior", prior)):
         if vector is not None and vector.shape != (num_classes,):
-            raise ValueError(f"{name} must have shape ({num_classes},), got {tuple(vector.shape)}")
+            raise bad_value(name, f"must have shape ({num_classes},)", tuple(vector.shape))
     if teacher is not None and (teacher.num_classes != num_classes
                                 or teacher.probs.shape[:-1] != target.shape):
-        raise ValueError(f"the teacher must cover the {tuple(target.shape)} positions and "
-                         f"K={num_classes} classes, got {tuple(teacher.probs.shape[:-1])} "
-                         f"positions and K={teacher.num_classes}")
+        raise bad_value("teacher", f"must cover target's {tuple(target.shape)} positions and "
+                        f"K={num_classes} classes", f"{tuple(teacher.probs.shape[:-1])} "
+                        f"positions and K={teacher.num_classes}")
+    if reduction not in REDUCTIONS:
+        raise bad_value("reduction", f"must be one of {', '.join(REDUCTIONS)}", repr(reduction))
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)
+                                   or chunk_size < 1):
+        raise bad_value("chunk_size", "must be an integer >= 1", repr(chunk_size))
 
 
 def default_chunk_size(num_classes: int) -> int:
@@ -359,13 +366,9 @@ def linear_loss_terms(hidden: Tensor, weight: Tensor, target: Tensor, *,
     check_probability("alpha", alpha, upper_inclusive=False)
     check_probability("beta", beta, upper_inclusive=True)
     check_temperature("temperature", temperature)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    _check_shapes(hidden, weight, target, bias, prior, teacher)
+    _check_arguments(hidden, weight, target, bias, prior, teacher, reduction, chunk_size)
     if chunk_size is None:
         chunk_size = default_chunk_size(weight.size(0))
-    elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     if teacher is None:
         weights, parts = (1.0, 0.0), (None, None, None)
     else:
