@@ -44,7 +44,7 @@ from .calibration_predictions import confidence_and_correct, update_at_temperatu
 from .cli import bad_value, check_int_at_least, check_open_unit
 
 GROUP_STREAM, POSITION_STREAM = 0, 1  # weight streams of explicit group ids and of positions
-CHUNK_ELEMENTS = 1 << 21  # elements of the weight matrix drawn at once
+WEIGHTS_AT_ONCE = 1 << 21  # elements of the replicate weight matrix drawn at once
 
 
 def expected_calibration_error(probs: Tensor, target: Tensor, n_bins: int = DEFAULT_BINS) -> float:
@@ -146,7 +146,7 @@ class CalibrationStats:
         values = torch.stack([torch.ones_like(confidence), confidence, correct, nll, brier])
         table = torch.zeros(ids.numel() * width, dtype=torch.float64)
         table = table.index_add_(0, columns.reshape(-1), values.reshape(-1)).view(-1, width)
-        step = max(1, CHUNK_ELEMENTS // self.bootstrap)
+        step = max(1, WEIGHTS_AT_ONCE // self.bootstrap)
         for start in range(0, ids.numel(), step):
             weights = poisson_weights(self.seed, ids[start:start + step], self.bootstrap, stream)
             self.replicate_sums.addmm_(weights, table[start:start + step])

@@ -17,7 +17,6 @@ from .cli import bad_value, check_int_at_least
 
 DEFAULT_BINS = 15
 METRICS = ("ece", "mce", "debiased_ce2", "nll", "brier", "accuracy", "confidence")
-CHUNK_ELEMENTS = 1 << 21
 
 
 def check_bins(n_bins: int, option: str = "--calibration-bins") -> int:
@@ -49,21 +48,32 @@ def class_bin_sums(probs: Tensor, target: Tensor, n_bins: int) -> Tensor:
     """Per class ``k`` and bin ``b`` of ``p_k`` (every class probability binned, the marginal
     ECE's table): ``[count, sum of p_k, count of y == k]`` as a float64 ``3 x K x n_bins`` tensor.
 
-    One ``bincount`` per chunk of rows over the flat index ``k * n_bins + bin(p_k)``; no loop
-    over classes.
+    Without a loop over classes and without binning all N x K probabilities one by one: only
+    those above the first edge ``1/n_bins`` (at most ``n_bins`` per row, since a row sums to 1)
+    are binned individually; bin 0 of class ``k`` holds the rest of its ``N`` predictions and
+    of its column sum ``sum_i p_ik``.
     """
-    k = probs.size(-1)
-    sums = torch.zeros(3, k * n_bins, dtype=torch.float64)
-    offsets = torch.arange(k) * n_bins
-    rows = max(1, CHUNK_ELEMENTS // k)
-    for start in range(0, probs.size(0), rows):
-        p = probs[start:start + rows].detach().double().cpu()
-        flat = bin_index(p, n_bins) + offsets
-        of_target = flat.gather(1, target[start:start + rows].cpu().unsqueeze(1))
-        sums[0] += torch.bincount(flat.view(-1), minlength=k * n_bins)
-        sums[1] += torch.bincount(flat.view(-1), weights=p.view(-1), minlength=k * n_bins)
-        sums[2] += torch.bincount(of_target.view(-1), minlength=k * n_bins)
-    return sums.view(3, k, n_bins)
+    probs = probs.detach()
+    n, k = probs.shape
+    sums = torch.zeros(3, k, n_bins, dtype=torch.float64)
+    flat = sums.view(3, -1)
+    first_edge = bin_edges(n_bins)[1]
+    # the largest value of probs' dtype <= the float64 edge: ``p > it`` iff ``p > edge`` exactly
+    threshold = first_edge.to(probs.dtype)
+    if threshold.double() > first_edge:
+        threshold = torch.nextafter(threshold, torch.tensor(-1.0, dtype=probs.dtype))
+    rows, classes = (probs > threshold.to(probs.device)).nonzero(as_tuple=True)
+    values = probs[rows, classes].double().cpu()
+    above = classes.cpu() * n_bins + bin_index(values, n_bins)
+    flat[0].index_add_(0, above, torch.ones_like(values))
+    flat[1].index_add_(0, above, values)
+    sums[0, :, 0] = n - sums[0, :, 1:].sum(-1)
+    column_sums = (probs.new_ones(1, n) @ probs).squeeze(0)  # one BLAS pass, in probs' dtype
+    sums[1, :, 0] = column_sums.double().cpu() - sums[1, :, 1:].sum(-1)
+    p_true = probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    of_target = target.cpu() * n_bins + bin_index(p_true, n_bins)
+    flat[2].index_add_(0, of_target, torch.ones(n, dtype=torch.float64))
+    return sums
 
 
 def metric_from_sums(metric: str, counts: Tensor, conf_sums: Tensor, correct_sums: Tensor,
