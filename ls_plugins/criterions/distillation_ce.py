@@ -31,17 +31,23 @@ from typing import Optional
 
 from fairseq import utils
 from fairseq.criterions import register_criterion
-from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.dataclass import FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
 
 from .. import cli
 from ..calibration import DEFAULT_BINS
+from ..linear_losses import linear_loss_terms
 from ..losses import (TAIL_MODES, check_probability, check_temperature, distillation_terms,
                       incorrect_mass, topk_teacher, topk_teacher_from_log_probs)
-from ..teacher_cache import TeacherCache, TeacherError, load_teachers
+from ..fairseq_models import split_paths
+from ..teacher_cache import TeacherCache
+from ..teachers import load_teachers
+from ..topk_teacher import TopKTeacher
+from . import fused_output
 from .common import reduce_loss_metrics
-from .smoothed_ce import COMMON_CHECKS, LabelSmoothingCriterionBase
+from .guards import check_finite_terms, non_finite_summary, refuse
+from .smoothed_ce import COMMON_CHECKS, LabelSmoothingCriterionBase, check_choice
 
 
 @dataclass
@@ -62,7 +68,7 @@ class DistillationCrossEntropyConfig(FairseqDataclass):
         default=None,
         metadata={"help": "keep the teacher's k most probable classes per token (1 <= k <= K; "
                           "with a cache, <= its k). Default: the full distribution / all cached"})
-    teacher_tail: ChoiceEnum(TAIL_MODES) = field(
+    teacher_tail: str = field(  # a str, not an enum: see SmoothedCrossEntropyConfig
         default="uniform",
         metadata={"help": "mass outside the top-k: uniform (kept, spread evenly over the other "
                           "classes) or drop (renormalise over the top-k)"})
@@ -84,14 +90,32 @@ class DistillationCrossEntropyConfig(FairseqDataclass):
     calibration_bins: int = field(
         default=DEFAULT_BINS,
         metadata={"help": "equal-width bins (>= 1) for the token-level ECE logged on validation"})
+    memory_efficient_output: bool = field(
+        default=False, metadata={"help": fused_output.HELP + " (top-k teachers; a dense teacher "
+                                                             "falls back to the unfused loss)"})
     sentence_avg: bool = II("optimization.sentence_avg")
     train_subset: str = II("dataset.train_subset")
     valid_subset: str = II("dataset.valid_subset")
     disable_validation: bool = II("dataset.disable_validation")
 
 
-DISTILLATION_CHECKS = {
+def existing_checkpoints(option: str):
+    """argparse type for ``a.pt[:b.pt...]``: every file must exist (read when the teacher loads)."""
+    def check(spec: str) -> str:
+        for path in split_paths(spec):
+            if not os.path.exists(path):
+                cli.check_input_file(option, path)  # raises: no such file
+        return spec
+    return cli.checked(option, check)
+
+
+DISTILLATION_CHECKS = {  # refused while parsing, before fairseq creates --save-dir
     **COMMON_CHECKS,
+    "--teacher-path": existing_checkpoints("--teacher-path"),
+    "--teacher-cache": cli.checked("--teacher-cache",
+                                   lambda path: cli.check_input_dir("--teacher-cache", path)),
+    "--teacher-data": cli.checked("--teacher-data",
+                                  lambda path: cli.check_input_dir("--teacher-data", path)),
     "--distill-weight": cli.probability("--distill-weight", upper_inclusive=True),
     "--distill-temperature": cli.positive_float("--distill-temperature"),
     "--teacher-topk": cli.int_at_least("--teacher-topk", 1),
@@ -106,38 +130,37 @@ class DistillationCrossEntropyCriterion(LabelSmoothingCriterionBase):
                  distill_temperature=1.0, distill_weight=0.5, distill_scale_t2=False,
                  label_smoothing=0.0, report_accuracy=False, ignore_prefix_size=0,
                  calibration_bins=DEFAULT_BINS, train_subset="train", valid_subset="valid",
-                 disable_validation=False):
+                 disable_validation=False, memory_efficient_output=False):
         super().__init__(task, sentence_avg, label_smoothing, report_accuracy,
-                         ignore_prefix_size, calibration_bins)
+                         ignore_prefix_size, calibration_bins, memory_efficient_output)
         self.beta = check_probability("--distill-weight", distill_weight, upper_inclusive=True)
         self.temperature = check_temperature("--distill-temperature", distill_temperature)
         self.scale_by_t2 = bool(distill_scale_t2)
-        self.tail = str(getattr(teacher_tail, "value", teacher_tail))
-        if self.tail not in TAIL_MODES:
-            raise ValueError(f"--teacher-tail must be one of {', '.join(TAIL_MODES)}, got {self.tail!r}")
+        self.tail = check_choice("--teacher-tail", teacher_tail, TAIL_MODES)
         num_classes = len(task.target_dictionary)
-        if teacher_topk is not None and not 1 <= int(teacher_topk) <= num_classes:
-            cli.exit_with_error(f"--teacher-topk must be an integer in [1, K={num_classes}] "
-                                    f"(K: the target dictionary), got {teacher_topk}")
-        self.topk = None if teacher_topk is None else int(teacher_topk)
+        self.topk = None
+        if teacher_topk is not None:
+            self.topk = cli.check_int_at_least("--teacher-topk", teacher_topk, 1)
+            if self.topk > num_classes:
+                raise cli.bad_value("--teacher-topk", f"must be an integer in [1, K={num_classes}] "
+                                                      f"(K: the target dictionary)", teacher_topk)
         self.train_subset = str(train_subset)
         self.valid_subsets = [] if disable_validation else [s for s in str(valid_subset).split(",") if s]
         if not teacher_path and not teacher_cache:
-            cli.exit_with_error("--teacher-path: distillation_ce needs a teacher: "
-                                    "--teacher-path CKPT[:CKPT...] or --teacher-cache DIR")
+            raise cli.bad_value("--teacher-path", "must give distillation_ce a teacher "
+                                "(--teacher-path CKPT[:CKPT...], or --teacher-cache DIR)", "neither")
         try:
             self.caches = self._open_caches(teacher_cache, need_all=not teacher_path)
             # a plain attribute, not a submodule: see TeacherEnsemble
             self.teachers = (load_teachers(teacher_path, task, teacher_data)
                              if teacher_path else None)
-        except TeacherError as err:
+        except cli.UsageError as err:  # TeacherError, or a teacher that cannot be loaded
             cli.exit_with_error(str(err))
 
     def _open_caches(self, root, need_all: bool) -> dict:
         if not root:
             return {}
-        if not os.path.isdir(root):
-            raise TeacherError(f"--teacher-cache: no such directory: {root}")
+        cli.check_input_dir("--teacher-cache", root)
         caches = {}
         for split in [self.train_subset, *self.valid_subsets]:
             if split in caches:
@@ -146,13 +169,12 @@ class DistillationCrossEntropyCriterion(LabelSmoothingCriterionBase):
                 continue  # the live teacher serves this split
             cache = TeacherCache(root, split, self.task.target_dictionary)
             if self.topk is not None and self.topk > cache.k:
-                raise TeacherError(f"--teacher-topk must be <= the k={cache.k} the cache "
-                                   f"{cache.dir} was built with, got {self.topk}")
+                raise cli.bad_value("--teacher-topk", f"must be <= k={cache.k}, the k the cache "
+                                                      f"{cache.dir} was built with", self.topk)
             if cache.n_teachers > 1 and self.temperature != cache.temperature:
-                raise TeacherError(f"--distill-temperature must be {cache.temperature}, the "
-                                   f"temperature the ensemble cache {cache.dir} was built at "
-                                   f"(an ensemble's average cannot be re-tempered), got "
-                                   f"{self.temperature}")
+                raise cli.bad_value("--distill-temperature", f"must be {cache.temperature}, the "
+                                    f"temperature the ensemble cache {cache.dir} was built at (an "
+                                    f"ensemble's average cannot be re-tempered)", self.temperature)
             caches[split] = cache
         return caches
 
@@ -178,8 +200,9 @@ class DistillationCrossEntropyCriterion(LabelSmoothingCriterionBase):
                         cache = candidate
                         break
             if cache is None and self.teachers is None:
-                cli.exit_with_error("--teacher-cache: no cached split matches this "
-                                        "validation batch and no --teacher-path was given")
+                raise cli.bad_value("--teacher-cache", "must hold every validation split when no "
+                                    "--teacher-path is given", "a validation batch that no "
+                                    "cached split matches")
         if cache is not None:
             cache.check_dataset(self.task.datasets.get(cache.split))
         return cache
@@ -201,26 +224,49 @@ class DistillationCrossEntropyCriterion(LabelSmoothingCriterionBase):
         log_probs = self._strip_prefix(self.teachers.log_probs(sample["net_input"], self.temperature))
         log_probs = log_probs.reshape(-1, log_probs.size(-1))
         if log_probs.size(-1) != num_classes:
-            cli.exit_with_error(f"--teacher-path: the teacher predicts {log_probs.size(-1)} "
-                                    f"classes, the student {num_classes}")
+            raise cli.bad_value("--teacher-path", f"must predict the student's K={num_classes} "
+                                "classes", f"a teacher of {log_probs.size(-1)}")
         if self.topk is None or self.topk == num_classes:
             return log_probs.exp()
         return topk_teacher(log_probs, self.topk, tail=self.tail)
 
     def forward(self, model, sample, reduce=True):
-        net_output = model(**sample["net_input"])
-        lprobs, target = self.lprobs_and_target(model, net_output, sample)
+        projection = self.fused_output_layer(model)  # --memory-efficient-output, in training
+        if projection is None:
+            net_output = model(**sample["net_input"])
+            lprobs, target = self.lprobs_and_target(model, net_output, sample)
+            student, student_name, num_classes = net_output[0], "log-probabilities", lprobs.size(-1)
+        else:
+            student, target = fused_output.features_and_target(model, sample,
+                                                               self.ignore_prefix_size)
+            lprobs, student_name, num_classes = None, "hidden states", projection.weight.size(0)
         try:
-            teacher = self.teacher_distribution(model, sample, lprobs.size(-1))
-        except TeacherError as err:
-            cli.exit_with_error(str(err))
-        # log-probabilities are valid logits: the soft term re-tempers them when T != 1
-        loss, nll_loss, soft = distillation_terms(
-            None, None, target, beta=self.beta, temperature=self.temperature, alpha=self.alpha,
+            teacher = self.teacher_distribution(model, sample, num_classes)
+        except cli.UsageError as err:  # a cache that does not match the data, for one
+            refuse(str(err))
+        predicted, options = None, dict(
+            beta=self.beta, temperature=self.temperature, alpha=self.alpha,
             ignore_index=self.padding_idx, reduction="sum" if reduce else "none",
-            teacher_probs=teacher, scale_by_t2=self.scale_by_t2, student_lprobs=lprobs)
+            scale_by_t2=self.scale_by_t2)
+        if projection is not None and isinstance(teacher, TopKTeacher):
+            loss, nll_loss, soft, predicted = linear_loss_terms(
+                student, projection.weight, target, bias=projection.bias, teacher=teacher,
+                predict=self.report_accuracy, **options)
+        else:
+            if lprobs is None:  # a dense teacher holds N x K numbers anyway: the unfused loss
+                lprobs = model.get_normalized_probs((projection(student), None), log_probs=True)
+            # log-probabilities are valid logits: the soft term re-tempers them when T != 1
+            loss, nll_loss, soft = distillation_terms(None, None, target, teacher_probs=teacher,
+                                                      student_lprobs=lprobs, **options)
+        check_finite_terms(
+            "distillation_ce", {"nll": nll_loss, "soft (teacher)": soft, "smoothing": loss},
+            logits=student, training=model.training,
+            details=lambda: "; ".join(non_finite_summary(what, values) for what, values in (
+                (f"the student's {student_name}", student if lprobs is None else lprobs),
+                ("the teacher's probabilities",
+                 teacher.probs if isinstance(teacher, TopKTeacher) else teacher))))
         sample_size, logging_output = self.base_logging_output(model, sample, lprobs, target,
-                                                               loss, nll_loss)
+                                                               loss, nll_loss, predicted)
         incorrect, positions = incorrect_mass(teacher, target, self.padding_idx)
         logging_output.update({"soft_loss": soft.data, "teacher_incorrect": incorrect,
                                "teacher_tokens": positions})
