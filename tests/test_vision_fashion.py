@@ -95,6 +95,19 @@ def test_fashion_mnist_training_images_are_shifted_by_at_most_two_pixels(splits)
     assert any(torch.equal(view, original) for view in views)  # no shift is one of the 25
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_random_shift_equals_torchvision_random_crop(seed):
+    """The same draws from the torch RNG give the same crops as torchvision's RandomCrop."""
+    from torchvision import transforms
+
+    image = torch.randn(1, 28, 28)
+    torch.manual_seed(seed)
+    ours = [data.RandomShift(2, -0.8)(image) for _ in range(20)]
+    torch.manual_seed(seed)
+    reference = [transforms.RandomCrop(28, padding=2, fill=-0.8)(image) for _ in range(20)]
+    assert all(torch.equal(a, b) for a, b in zip(ours, reference))
+
+
 def test_missing_or_corrupt_fashion_mnist_names_data_dir(tmp_path):
     with pytest.raises(data.DataUnavailableError) as error:
         data.build_splits("fashion-mnist", str(tmp_path / "nothing"))
@@ -164,3 +177,20 @@ def test_tiny_fashion_mnist_trains_an_mlp_with_adam(tmp_path):
     # the checkpoint is a teacher: it loads with its architecture
     model, _ = models.load_trained_model(str(out / "checkpoint.pt"))
     assert model.last_layer.in_features == 64 and len(model.hidden) == 7
+
+
+def test_model_only_mlp_checkpoint_is_evaluated_with_its_architecture(tmp_path):
+    """A teacher-format checkpoint (no run options) of a narrow MLP: --test-only builds the MLP
+    the checkpoint describes, not the default 512-wide one."""
+    tiny = tmp_path / "tiny"
+    write_subset(tiny, n_train=300, n_test=100)
+    model = models.build_model("mlp", 10, 1, 28, depth=1, width=16)
+    torch.save({"model": "mlp", "num_classes": 10, "in_channels": 1, "image_size": 28,
+                "architecture": {"depth": 1, "width": 16, "dropout": 0.0}, "dataset": "fashion-mnist",
+                "state_dict": model.state_dict()}, tmp_path / "mlp.pt")
+    train.main(["--resume", str(tmp_path / "mlp.pt"), "--test-only", "--data-dir", str(tiny),
+                "--val-size", "50", "--quiet", "--output-dir", str(tmp_path / "eval")])
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert (metrics["args"]["mlp_depth"], metrics["args"]["mlp_width"]) == (1, 16)
+    assert metrics["parameters"] == 784 * 16 + 16 + 16 * 10 + 10
+    assert metrics["final"]["test"]["count"] == 100

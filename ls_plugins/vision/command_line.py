@@ -239,9 +239,12 @@ def parse(parser: cli.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespa
 
 
 def recorded_options(checkpoint: dict) -> dict:
-    """The run options a checkpoint recorded (its model and data set also outside ``args``)."""
+    """The run options a checkpoint recorded (its model, architecture and data set also outside
+    ``args``)."""
     recorded = dict(checkpoint.get("args") or {})
     recorded.setdefault("model", checkpoint["model"])
+    for name, value in (checkpoint.get("architecture") or {}).items():
+        recorded.setdefault(f"mlp_{name}", value)
     if "dataset" in checkpoint:
         recorded.setdefault("dataset", checkpoint["dataset"])
     return {dest: value for dest, value in recorded.items() if dest in RUN_OPTIONS}

@@ -104,6 +104,24 @@ class TensorImages(Dataset):
         return self.images[i], int(self.labels[i])
 
 
+class RandomShift:
+    """A random translation by ``(dy, dx)``, each uniform in ``[-pad, pad]``, filling with
+    ``fill``: a random crop of the image padded by ``pad`` (torchvision's ``RandomCrop(size,
+    padding=pad, fill=fill)`` on a tensor, drawn from the same torch RNG, at a third of the cost)."""
+
+    def __init__(self, pad: int, fill: float):
+        self.pad, self.fill = pad, fill
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        dy, dx = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
+        height, width = image.shape[-2:]
+        padded = torch.nn.functional.pad(image, (self.pad,) * 4, value=self.fill)
+        return padded[..., dy:dy + height, dx:dx + width]
+
+    def __repr__(self) -> str:
+        return f"RandomShift(pad={self.pad}, fill={self.fill:.4f})"
+
+
 def train_transform(dataset: str) -> Callable:
     """The training augmentation of ``dataset`` (see the module docstring)."""
     from torchvision import transforms
@@ -273,10 +291,8 @@ def _fashion_mnist_splits(data_dir: str, val_size: int) -> Splits:
     def standardised(images: torch.Tensor) -> torch.Tensor:
         return ((images.float() / 255 - mean) / std).unsqueeze(1)
 
-    from torchvision import transforms
-
     background = standardised(torch.zeros(1, 1, dtype=torch.uint8)).item()  # a black pixel
-    shift = transforms.RandomCrop(28, padding=FASHION_MNIST_PAD, fill=background)
+    shift = RandomShift(FASHION_MNIST_PAD, background)
     train_base = TensorImages(standardised(train_images), train_labels)
     test_base = TensorImages(standardised(test_images), test_labels)
     return Splits(train=TransformedSubset(train_base, train_idx, shift),

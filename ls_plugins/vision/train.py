@@ -84,7 +84,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if argv[:1] == ["plot"]:
         return report.plot_main(argv[1:])
     parser = command_line.get_args_parser()
-    with usage_errors(parser):
+    with usage_errors(parser, int(os.environ.get("RANK", "0"))):  # torchrun's processes: one line
         args, resumed = command_line.parse(parser, argv)
         teacher, teacher_checkpoint = (checkpointing.load("--teacher", args.teacher) if args.teacher
                                        else (None, None))
