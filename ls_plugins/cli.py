@@ -29,7 +29,14 @@ class UsageError(ValueError):
     """Bad input; the message is one line that starts with the option at fault."""
 
 
+_PROG: list = []  # the name set by the running command's parser (see ArgumentParser)
+
+
 def prog_name() -> str:
+    """The running command's name: its parser's ``prog``, else ``basename(sys.argv[0])``
+    (``python -m ls_plugins.vision.train`` and torchrun would otherwise say ``train.py``)."""
+    if _PROG:
+        return _PROG[-1]
     return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "ls_plugins"
 
 
@@ -61,7 +68,14 @@ def exit_on_usage_error() -> Iterator[None]:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with our one-line errors: ``prog: error: --opt: ...``, exit code 2, no usage."""
+    """argparse with our one-line errors: ``prog: error: --opt: ...``, exit code 2, no usage.
+
+    Its ``prog`` also names the command in the errors of :func:`exit_with_error` (argparse types).
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        _PROG[:] = [self.prog]  # the command now running (a subcommand's parser sets its own)
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> NoReturn:
         if message.startswith("argument "):  # "argument --x/-x: invalid ..." -> "--x: invalid ..."
