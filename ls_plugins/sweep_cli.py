@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 import os
@@ -60,13 +61,13 @@ def build_parser() -> cli.ArgumentParser:
 
     gen = parser.add_argument_group("beam search (as fairseq-generate)")
     gen.add_argument("--beam", type=cli.int_at_least("--beam", 1), default=5, help="beam size")
-    gen.add_argument("--lenpen", type=float, default=1.0,
+    gen.add_argument("--lenpen", type=cli.finite_float("--lenpen"), default=1.0,
                      help="length penalty: <1.0 favours shorter, >1.0 longer sentences")
-    gen.add_argument("--unkpen", type=float, default=0.0,
+    gen.add_argument("--unkpen", type=cli.finite_float("--unkpen"), default=0.0,
                      help="unknown word penalty: <0 produces more unks, >0 fewer")
     gen.add_argument("--min-len", type=cli.int_at_least("--min-len", 1), default=1,
                      help="minimum generation length")
-    gen.add_argument("--max-len-a", type=float, default=0.0,
+    gen.add_argument("--max-len-a", type=cli.finite_float("--max-len-a"), default=0.0,
                      help="generate sequences of maximum length ax + b, x the source length")
     gen.add_argument("--max-len-b", type=cli.int_at_least("--max-len-b", 1), default=200,
                      help="generate sequences of maximum length ax + b, x the source length")
@@ -102,7 +103,8 @@ def build_parser() -> cli.ArgumentParser:
 
     run = parser.add_argument_group("running")
     run.add_argument("--cpu", action="store_true", help="use the CPU even if CUDA is available")
-    run.add_argument("--seed", type=int, default=1, help="random seed (as fairseq-generate)")
+    run.add_argument("--seed", type=cli.int_at_least("--seed", 0), default=1,
+                     help="random seed (as fairseq-generate)")
     run.add_argument("--no-progress-bar", action="store_true", help="no progress bar on stderr")
     return parser
 
@@ -113,9 +115,10 @@ def parse_temperatures(text: Optional[str], range_text: Optional[str]) -> list[f
     """Sorted, de-duplicated temperatures from ``--temperatures`` and ``--temperature-range``."""
     values = []
     if text is not None:
+        option = "--temperatures"
         for item in (part.strip() for part in text.split(",")):
             if item:
-                values.append(cli.check_positive("--temperatures", cli.parse_float("--temperatures", item)))
+                values.append(cli.check_positive(option, cli.parse_float(option, item)))
     if range_text is not None:
         option = "--temperature-range"
         parts = range_text.split(":")
@@ -249,7 +252,9 @@ def write_outputs(output_dir: str, points: Sequence[dict], args) -> tuple[list, 
                "config": {p["model"]: p["config"] for p in points},
                "points": [{**r, "bleu_string": p["bleu_string"], "calibration": p["calibration"]}
                           for r, p in zip(rows, points)]}
-    atomic.write_json(os.path.join(output_dir, "sweep.json"), summary)
+    # keys sorted: the same bytes whether a point was computed now or read back from points.jsonl
+    atomic.write_text(os.path.join(output_dir, "sweep.json"),
+                      json.dumps(summary, indent=2, sort_keys=True) + "\n")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()

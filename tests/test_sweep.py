@@ -285,6 +285,8 @@ def test_dictionaries_are_compared_by_symbol_when_the_data_path_is_relative(
     (["--temperature-range", "0.5:2:0"], "--temperature-range"),
     (["--temperature-range", "0.5:2"], "--temperature-range: must be START:STOP:STEP"),
     (["--temperatures", "1", "--beam", "0"], "--beam"),
+    (["--temperatures", "1", "--lenpen", "x"], "--lenpen: must be a number, got 'x'"),
+    (["--temperatures", "1", "--seed", "-1"], "--seed: must be an integer >= 0, got -1"),
     (["--temperatures", "1", "--model", "no-label.pt"], "--model: must be LABEL=PATH, got 'no-label.pt'"),
     (["--temperatures", "1", "--model", "ls=x.pt"], "--model: must give each label once, got 'ls' twice"),
     (["--temperatures", "1", "--sacrebleu-tokenizer", "moses"],
