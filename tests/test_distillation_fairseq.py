@@ -405,13 +405,12 @@ def test_cache_tool_refuses_bad_k(bible, ls_checkpoint, tmp_path, capsys):
 @pytest.mark.parametrize("case", ["no --out", "--out a file", "--out unwritable", "--max-tokens",
                                   "--teacher-data", "--split"])
 def test_cache_tool_bad_input_one_line_nothing_written(bible, ls_checkpoint, tmp_path, capsys,
-                                                       monkeypatch, case):
+                                                       case):
     """One line, exit code 2, nothing written: output paths are checked before anything is
     loaded (with a real write: as root os.access says yes to everything), the rest before
     the cache is written."""
     from ls_plugins.cache_teacher import main
 
-    monkeypatch.setattr("sys.argv", ["ls-cache-teacher"])
     out, afile = tmp_path / "cache", tmp_path / "file"
     afile.write_text("keep")
     extra, message = {
