@@ -51,8 +51,11 @@ def _padding_mask(target: Tensor, ignore_index: Optional[int]) -> Optional[Tenso
     return None if ignore_index is None else target.eq(ignore_index)
 
 
-def _reduce(per_item: Tensor, pad_mask: Optional[Tensor], reduction: str) -> Tensor:
-    if pad_mask is not None:
+def _reduce(per_item: Tensor, pad_mask: Optional[Tensor], reduction: str, *,
+            zeroed: bool = False) -> Tensor:
+    """Sum, mean over the non-padding positions, or ``none`` (padding set to 0); ``zeroed``: the
+    padding positions hold 0 already."""
+    if pad_mask is not None and not zeroed:
         per_item = per_item.masked_fill(pad_mask, 0.0)
     if reduction == "none":
         return per_item
@@ -235,12 +238,11 @@ def distillation_terms(student_logits: Optional[Tensor], teacher_logits: Optiona
     pad_mask = _padding_mask(target, ignore_index)
     if not _needs_autograd(teacher_probs):
         # one fused step; log-probabilities are logits too (the soft term re-tempers them)
-        loss, nll, soft = distillation_rows(
+        rows = distillation_rows(  # ignored rows are 0 in all three terms
             lprobs, target, _teacher_parts(teacher_probs), log_probs=True,
             weights=LossWeights(hard=1.0 - beta, soft=beta * scale, alpha=alpha),
             temperature=temperature, ignore_index=ignore_index)
-        return (_reduce(loss, pad_mask, reduction), _reduce(nll, pad_mask, reduction),
-                _reduce(soft, pad_mask, reduction))
+        return tuple(_reduce(x, pad_mask, reduction, zeroed=True) for x in rows)
     hard, nll = smoothed_nll_from_lprobs(lprobs, target, alpha, ignore_index=ignore_index,
                                          reduction="none")
     soft = _soft_ce_reference(lprobs, temperature, teacher_probs)
