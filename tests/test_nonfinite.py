@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from conftest import fairseq_setup, first_batch
+from conftest import TINY_TRANSFORMER, command, fairseq_setup, first_batch, run
 
 BOS = 0  # never a target: its log-probability can be -inf without touching the nll
 
@@ -114,3 +114,19 @@ def test_distillation_names_the_nll_and_the_soft_term(distilled, capsys):
     model.eval()
     loss, _, log = criterion(model, sample)
     assert torch.isfinite(loss) and torch.isfinite(log["soft_loss"])
+
+
+def test_fairseq_train_stops_at_the_first_non_finite_loss(bible, tmp_path):
+    """End to end: a learning rate of 1e12 makes the second batch's logits nan; fairseq-train
+    stops there with our line (not fairseq's FloatingPointError traceback) and leaves no save dir."""
+    result = run([command("fairseq-train"), bible / "bin", "--user-dir", "ls_plugins",
+                  *TINY_TRANSFORMER, "--optimizer", "sgd", "--lr", "1e12", "--lr-scheduler", "fixed",
+                  "--log-interval", "1", "--max-update", "20", "--criterion", "smoothed_ce",
+                  "--label-smoothing", "0.1", "--save-dir", tmp_path / "ck"], check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "fairseq-train: error: smoothed_ce: the loss and the terms it logs must be finite, got nan "
+        "in the nll term; the model's log-probabilities hold "), lines
+    assert "num_updates=1," in result.stdout and "num_updates=2," not in result.stdout
+    assert not (tmp_path / "ck").exists()
