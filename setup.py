@@ -16,6 +16,7 @@ setup(
         "console_scripts": [
             "ls-sweep=ls_plugins.sweep_cli:main",
             "ls-cache-teacher=ls_plugins.cache_teacher:main",
+            "ls-nmt-analysis=ls_plugins.translation_analysis:main",
             "ls-vision=ls_plugins.vision.train:main",
         ],
     },
