@@ -10,7 +10,7 @@
 2. Evaluation overhead: the calibration work of the trainer's evaluation (statistics of the
    validation pass, temperature fitting on its logits, test statistics at T = 1 and at the fitted
    T) relative to the forward passes over the same two splits; best of several repetitions;
-   target: overhead <= 5%.  The end-to-end time of ``train.evaluate_splits`` is reported beside
+   target: overhead <= 5%.  The end-to-end time of ``evaluation.evaluate_splits`` is reported beside
    it as a cross-check (on a shared machine its noise exceeds the effect).
 
     python benchmarks/bench_vision.py [--epochs 3] [--rounds 3] [--repeats 10] [--threads 1]
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ls_plugins import calibration
-from ls_plugins.vision import data, models, train
+from ls_plugins.vision import data, evaluation, models, train
 
 MODEL, BATCH, ALPHA, LR, MOMENTUM, WD = "resnet20", 128, 0.1, 0.1, 0.9, 5e-4
 
@@ -71,7 +71,7 @@ def ls_vision_throughput(epochs: int, seed: int, output_dir: str) -> list[float]
 def evaluation_overhead(repeats: int) -> dict:
     """Forward passes alone vs the calibration work the trainer adds to them, measured apart on
     the same logits (so that the noise of a shared machine, larger than the effect, cancels);
-    the end-to-end difference of ``train.evaluate_splits`` and plain passes is a cross-check."""
+    the end-to-end difference of ``evaluation.evaluate_splits`` and plain passes is a cross-check."""
     torch.manual_seed(0)
     splits = data.build_splits("synthetic")
     model = models.build_model(MODEL, splits.num_classes).eval()
@@ -95,7 +95,7 @@ def evaluation_overhead(repeats: int) -> dict:
             scaled.update(logits, targets, temperature=temperature)
 
     def end_to_end() -> None:
-        train.evaluate_splits(model, loaders[0], loaders[1], args, torch.device("cpu"))
+        evaluation.evaluate_splits(model, loaders[0], loaders[1], args, torch.device("cpu"))
 
     forward_passes()  # warm-up
     timings: dict[str, list[float]] = {"forward": [], "calibration": [], "evaluate_splits": []}

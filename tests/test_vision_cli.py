@@ -225,6 +225,43 @@ BAD_INPUT = {
                               "--teacher: must equal the checkpoint's none when resuming, got {good}"),
     "test-only with another alpha": (["--resume", "{ckpt}", "--test-only", "--label-smoothing", "0.2"],
                                      "--label-smoothing: must equal the checkpoint's 0.1 when resuming, got 0.2"),
+    # --match-gamma (distillation at equal gamma)
+    "gamma 0": (["--teacher", "{good}", "--match-gamma", "0"], "--match-gamma: must be in (0, 1), got 0.0"),
+    "gamma 1": (["--teacher", "{good}", "--match-gamma", "1"], "--match-gamma: must be in (0, 1), got 1.0"),
+    "gamma negative": (["--teacher", "{good}", "--match-gamma", "-0.1"], "--match-gamma: must be in (0, 1), got -0.1"),
+    "gamma nan": (["--teacher", "{good}", "--match-gamma", "nan"], "--match-gamma: must be in (0, 1), got nan"),
+    "gamma a word": (["--teacher", "{good}", "--match-gamma", "high"], "--match-gamma: must be a number, got 'high'"),
+    "gamma without teacher": (["--match-gamma", "0.1"], "--match-gamma: only with --teacher, got 0.1"),
+    "gamma with a temperature": (["--teacher", "{good}", "--match-gamma", "0.1", "--distill-temperature", "2"],
+                                 "--match-gamma: cannot be combined with --distill-temperature (it finds the "
+                                 "temperature), got --match-gamma 0.1 --distill-temperature 2.0"),
+    "gamma with a temperature, no teacher": (["--distill-temperature", "2", "--match-gamma", "0.1"],
+                                             "--match-gamma: cannot be combined with --distill-temperature"),
+    # the mutual information probe
+    "mi-every 0": (["--mi-every", "0"], "--mi-every: must be an integer >= 1, got 0"),
+    "mi examples 1": (["--mi-every", "1", "--mi-examples", "1"], "--mi-examples: must be an integer >= 2, got 1"),
+    "mi augmentations 1": (["--mi-every", "1", "--mi-augmentations", "1"],
+                           "--mi-augmentations: must be an integer >= 2, got 1"),
+    "mi classes the same": (["--mi-every", "1", "--mi-classes", "3,3"],
+                            "--mi-classes: must be exactly 2 distinct class indices, got [3, 3]"),
+    "mi class out of range": (["--mi-every", "1", "--mi-classes", "0,10"],
+                              "--mi-classes: class indices must lie in [0, 10), got [0, 10]"),
+    "mi class out of cifar100's range": (["--dataset", "cifar100", "--model", "resnet20", "--mi-every", "1",
+                                          "--mi-classes", "0,100"],
+                                         "--mi-classes: class indices must lie in [0, 100), got [0, 100]"),
+    "mi three classes": (["--mi-every", "1", "--mi-classes", "0,1,2"],
+                         "--mi-classes: must be two class indices separated by a comma, e.g. 0,6, got '0,1,2'"),
+    "mi classes words": (["--mi-every", "1", "--mi-classes", "shirt,coat"],
+                         "--mi-classes: must be two class indices separated by a comma, e.g. 0,6, got 'shirt,coat'"),
+    "mi classes without mi-every": (["--mi-classes", "0,6"], "--mi-classes: only with --mi-every, got 0 6"),
+    "mi examples without mi-every": (["--mi-examples", "100"], "--mi-examples: only with --mi-every, got 100"),
+    "mi-every without augmentation": (["--mi-every", "1", "--no-augment"],
+                                      "--mi-every: needs the random training augmentation (the estimate's source "
+                                      "of randomness), got --no-augment"),
+    "resume with another probe": (["--resume", "{ckpt}", "--mi-every", "1"],
+                                  "--mi-every: must equal the checkpoint's none when resuming, got 1"),
+    "data: mi examples beyond the digits": (["--mi-every", "1", "--mi-classes", "3,8"],
+                                            "--mi-examples: must be at most "),
 }
 if NO_CUDA:
     BAD_INPUT["cuda without a GPU"] = (["--device", "cuda"], "--device: cpu (no CUDA device is available), got cuda")

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ls_plugins import calibration, cli
+from ls_plugins.analysis.checks import class_indices
 from ls_plugins.vision import checkpointing, data, models
 from ls_plugins.vision.report import CHECKPOINT, PROG
 DEFAULT_LR_GAMMA = 0.1
@@ -33,6 +34,8 @@ RUN_OPTIONS = {
     "lr_milestones": "--lr-milestones", "lr_gamma": "--lr-gamma",
     "label_smoothing": "--label-smoothing", "teacher": "--teacher",
     "distill_temperature": "--distill-temperature", "distill_weight": "--distill-weight",
+    "match_gamma": "--match-gamma", "mi_every": "--mi-every", "mi_classes": "--mi-classes",
+    "mi_examples": "--mi-examples", "mi_augmentations": "--mi-augmentations",
     "calibration_bins": "--calibration-bins", "seed": "--seed",
 }
 # What --test-only may change: it evaluates the checkpoint, perhaps on another compatible split.
@@ -47,6 +50,8 @@ DEPENDENT_DEFAULTS = {
     "mlp_width": ("model", {"mlp": 512}),
     "mlp_dropout": ("model", {"mlp": 0.0}),
 }
+# The mutual information probe's options and their defaults (the paper: N = 600 from two classes).
+MI_DEFAULTS = {"mi_classes": [0, 1], "mi_examples": 600, "mi_augmentations": 8}
 
 
 class _NotGiven:
@@ -110,6 +115,21 @@ def probability(option: str, *, upper_inclusive: bool = False):
     if upper_inclusive:
         return number(option, "must be in [0, 1]", lambda v: 0.0 <= v <= 1.0)
     return number(option, "must be in [0, 1)", lambda v: 0.0 <= v < 1.0)
+
+
+def open_unit(option: str):
+    return number(option, "must be in (0, 1)", lambda v: 0.0 < v < 1.0)
+
+
+def class_pair(option: str):
+    """Two class indices written ``A,B`` (their range is checked against the data set later)."""
+    def check(text: str) -> list[int]:
+        parts = text.split(",")
+        if len(parts) != 2 or not all(part.strip().isdigit() for part in parts):
+            raise cli.bad_value(option, "must be two class indices separated by a comma, e.g. 0,6",
+                                repr(text))
+        return [int(part) for part in parts]
+    return argument_type(option, check)
 
 
 def decay_factor(option: str):
@@ -189,6 +209,21 @@ def get_args_parser() -> cli.ArgumentParser:
     parser.add_argument("--distill-weight", metavar="BETA",
                         type=probability("--distill-weight", upper_inclusive=True),
                         help="beta in [0, 1], weight of H(p^t(T), p(T)) (default 1 with --teacher)")
+    parser.add_argument("--match-gamma", type=open_unit("--match-gamma"), metavar="GAMMA",
+                        help="distil at the T where the teacher's equivalent smoothing gamma over "
+                             "the training split (no augmentation) equals GAMMA in (0, 1), to "
+                             "1e-3, found by bisection (paper Fig. 5); instead of "
+                             "--distill-temperature")
+    parser.add_argument("--mi-every", type=integer("--mi-every", 1), metavar="E",
+                        help="estimate the mutual information between training examples and "
+                             "their logit difference (paper Fig. 6) before training, every E "
+                             "epochs and after the last; metrics.json: mutual_information")
+    parser.add_argument("--mi-classes", type=class_pair("--mi-classes"), metavar="A,B",
+                        help="the probe's two classes (default 0,1)")
+    parser.add_argument("--mi-examples", type=integer("--mi-examples", 2), metavar="N",
+                        help="the probe's training examples, half from each class (default 600)")
+    parser.add_argument("--mi-augmentations", type=integer("--mi-augmentations", 2), metavar="L",
+                        help="draws of the training augmentation per probed example (default 8)")
     parser.add_argument("--calibration-bins", type=integer("--calibration-bins", 1),
                         default=calibration.DEFAULT_BINS,
                         help="equal-width confidence bins of ECE and the reliability diagram")
@@ -221,6 +256,11 @@ def parse(parser: cli.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespa
     """``(args, resumed checkpoint or None)``: the options checked, completed from the
     ``--resume`` checkpoint, and the output directory checked.  Raises :class:`cli.UsageError`."""
     args = parser.parse_args(argv, argparse.Namespace(**{dest: NOT_GIVEN for dest in RUN_OPTIONS}))
+    if args.match_gamma is not NOT_GIVEN and args.distill_temperature is not NOT_GIVEN:
+        raise cli.bad_value("--match-gamma", "cannot be combined with --distill-temperature (it "
+                                             "finds the temperature)",
+                            f"--match-gamma {args.match_gamma} --distill-temperature "
+                            f"{args.distill_temperature}")
     if args.output_dir is not None:
         cli.check_output_dir("--output-dir", args.output_dir)
     if args.test_only and args.resume is None:
@@ -304,13 +344,16 @@ def check_args(args: argparse.Namespace) -> None:
         raise cli.bad_value("--nesterov", "needs --optimizer sgd and --momentum > 0",
                             f"--optimizer {args.optimizer} --momentum {_show(args.momentum)}")
     check_schedule(args)
+    check_probe(args)
     if args.teacher is None:
         for option, value in (("--distill-temperature", args.distill_temperature),
-                              ("--distill-weight", args.distill_weight)):
+                              ("--distill-weight", args.distill_weight),
+                              ("--match-gamma", args.match_gamma)):
             if value is not None:
                 raise cli.bad_value(option, "only with --teacher", value)
     else:
-        args.distill_temperature = 1.0 if args.distill_temperature is None else args.distill_temperature
+        if args.match_gamma is None and args.distill_temperature is None:
+            args.distill_temperature = 1.0  # with --match-gamma it is found after loading the data
         args.distill_weight = 1.0 if args.distill_weight is None else args.distill_weight
     if args.device == "cuda" and not torch.cuda.is_available():
         raise cli.bad_value("--device", "cpu (no CUDA device is available)", "cuda")
@@ -320,6 +363,22 @@ def check_args(args: argparse.Namespace) -> None:
     args.channels_last = args.device == "cuda" if args.channels_last is None else args.channels_last
     if args.workers is None:
         args.workers = 4 if args.dataset in data.CIFAR_STATS else 0
+
+
+def check_probe(args: argparse.Namespace) -> None:
+    """The probe's options need --mi-every and the training augmentation; its classes exist."""
+    if args.mi_every is None:
+        for dest in MI_DEFAULTS:
+            if getattr(args, dest) is not None:
+                raise cli.bad_value(RUN_OPTIONS[dest], "only with --mi-every", _show(getattr(args, dest)))
+        return
+    for dest, default in MI_DEFAULTS.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
+    if not args.augment:
+        raise cli.bad_value("--mi-every", "needs the random training augmentation (the estimate's "
+                                          "source of randomness)", "--no-augment")
+    class_indices("--mi-classes", args.mi_classes, data.NUM_CLASSES[args.dataset], exactly=2)
 
 
 def check_schedule(args: argparse.Namespace) -> None:

@@ -122,6 +122,18 @@ class RandomShift:
         return f"RandomShift(pad={self.pad}, fill={self.fill:.4f})"
 
 
+def labels_of(split: TransformedSubset) -> torch.Tensor:
+    """The labels of a split's examples, in its order, without reading (or augmenting) images."""
+    base = split.base
+    labels = base.labels if isinstance(base, TensorImages) else torch.as_tensor(base.targets)
+    return labels[torch.as_tensor(split.indices, dtype=torch.int64)]
+
+
+def without_augmentation(splits: Splits) -> TransformedSubset:
+    """The training split's images with the evaluation transform (no random augmentation)."""
+    return TransformedSubset(splits.train.base, splits.train.indices, splits.test.transform)
+
+
 def train_transform(dataset: str) -> Callable:
     """The training augmentation of ``dataset`` (see the module docstring)."""
     from torchvision import transforms

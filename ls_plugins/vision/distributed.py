@@ -37,6 +37,10 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

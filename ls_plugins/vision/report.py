@@ -7,6 +7,7 @@ when a figure is drawn: a refused command line does not wait for matplotlib.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Optional
 
@@ -17,7 +18,7 @@ PROG = "ls-vision"
 METRICS = "metrics.json"
 RELIABILITY = "reliability.png"
 CHECKPOINT = "checkpoint.pt"
-TIMING_KEYS = ("epoch_seconds", "train_images_per_second", "eval_seconds")
+TIMING_KEYS = ("epoch_seconds", "train_images_per_second", "eval_seconds", "mi_seconds")
 
 
 def flat_metrics(result: dict) -> dict:
@@ -43,10 +44,13 @@ def final_metrics(result: dict, history: list) -> dict:
 
 
 def run_label(run_args: dict) -> str:
-    """``α=<a>``, plus the teacher's temperature and weight when distilled."""
+    """``α=<a>``, plus the teacher's temperature (and matched gamma) and weight when distilled."""
     label = f"α={run_args['label_smoothing']:g}"
     if run_args.get("teacher"):
-        label += f", distilled T={run_args['distill_temperature']:g} β={run_args['distill_weight']:g}"
+        matched = run_args.get("match_gamma")
+        temperature = f"T={run_args['distill_temperature']:.3g}"
+        label += (f", distilled at γ={matched:g} ({temperature})" if matched is not None
+                  else f", distilled {temperature}") + f" β={run_args['distill_weight']:g}"
     return label
 
 
@@ -87,7 +91,20 @@ def summary(metrics: dict, output_dir: str, seconds: float) -> str:
                  f"T* fitted on {final['val']['count']} validation images")
     if final.get("teacher_gamma") is not None:
         lines.append(f"teacher: equivalent smoothing gamma {final['teacher_gamma']:.4f} "
-                     f"at T={run_args['distill_temperature']:g}")
+                     f"at T={run_args['distill_temperature']:g} (augmented training images)")
+    distillation = metrics.get("distillation")
+    if distillation is not None:
+        target = distillation["target_gamma"]
+        lines.append(f"teacher: gamma {distillation['gamma']:.4f} at T={distillation['temperature']:.4f} "
+                     f"over the {distillation['images']} training images without augmentation"
+                     + (f" (--match-gamma {target:g})" if target is not None else ""))
+    probed = [record for record in metrics["history"] if "mutual_information" in record]
+    if probed:
+        lines.append(f"mutual information of classes {run_args['mi_classes'][0]} and "
+                     f"{run_args['mi_classes'][1]} ({run_args['mi_examples']} examples x "
+                     f"{run_args['mi_augmentations']} augmentations): "
+                     f"{probed[-1]['mutual_information']:.3f} nats after epoch {probed[-1]['epoch']}"
+                     f" (log 2 = 0.693, log N = {math.log(run_args['mi_examples']):.3f})")
     lines.append(f"outputs: {os.path.join(output_dir, METRICS)}, "
                  f"{os.path.join(output_dir, RELIABILITY)}"
                  + ("" if run_args["test_only"] else f", {os.path.join(output_dir, CHECKPOINT)}"))
@@ -114,35 +131,41 @@ def get_plot_parser() -> cli.ArgumentParser:
     return parser
 
 
-def read_finished_run(run: str) -> dict:
-    """The ``metrics.json`` of a finished run; :class:`cli.UsageError` naming RUN_DIR otherwise."""
-    allowed = f"must be an ls-vision output directory holding a finished run's {METRICS}"
+def read_run_metrics(run: str, *, finished: bool = True) -> dict:
+    """The ``metrics.json`` of a run (a finished one unless ``finished=False``), with its
+    ``args`` and ``history``; :class:`cli.UsageError` naming RUN_DIR otherwise."""
+    finished_run = "a finished run's" if finished else "a run's"
+    allowed = f"must be an ls-vision output directory holding {finished_run} {METRICS}"
     try:
         with open(os.path.join(run, METRICS), encoding="utf-8") as handle:
             metrics = json.load(handle)
     except (OSError, ValueError) as error:
         raise cli.bad_value("RUN_DIR", allowed, f"{run} ({cli.first_line(error)})") from None
-    if not isinstance(metrics, dict) or metrics.get("final") is None:
+    if not isinstance(metrics, dict):
+        raise cli.bad_value("RUN_DIR", allowed, f"{run} (not a JSON object)")
+    if finished and metrics.get("final") is None:
         raise cli.bad_value("RUN_DIR", allowed, f"{run} (no final metrics: the run has not finished)")
-    final, run_args = metrics["final"], metrics.get("args")
+    final, run_args = metrics.get("final"), metrics.get("args")
     missing = [f"final.{key}" for key in ("test", "test_scaled", "temperature")
-               if not isinstance(final, dict) or key not in final]
+               if finished and (not isinstance(final, dict) or key not in final)]
     if not isinstance(run_args, dict) or "label_smoothing" not in run_args:
         missing.append("args.label_smoothing")
+    if not isinstance(metrics.get("history"), list):
+        missing.append("history")
     if missing:
         raise cli.bad_value("RUN_DIR", allowed, f"{run} (no {', '.join(missing)} in {METRICS})")
     return metrics
 
 
-def check_plot_output(path: str) -> None:
+def check_plot_output(path: str, option: str = "--out") -> None:
     """``path`` can be written as a file, creating its directory if needed."""
     if os.path.isdir(path):
-        raise cli.bad_value("--out", "must name a file", f"{path} (a directory)")
+        raise cli.bad_value(option, "must name a file", f"{path} (a directory)")
     try:
-        cli.check_output_dir("--out", os.path.dirname(os.path.abspath(path)))
+        cli.check_output_dir(option, os.path.dirname(os.path.abspath(path)))
     except cli.UsageError:
-        raise cli.bad_value("--out", "must name a file in a directory that can be written or "
-                                     "created", path) from None
+        raise cli.bad_value(option, "must name a file in a directory that can be written or "
+                                    "created", path) from None
 
 
 def plot_main(argv: Optional[list[str]] = None) -> int:
@@ -152,7 +175,7 @@ def plot_main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         check_plot_output(args.out)
-        runs = [(run, read_finished_run(run)) for run in args.runs]
+        runs = [(run, read_run_metrics(run)) for run in args.runs]
     except cli.UsageError as error:
         parser.error(str(error))
     curves = {}

@@ -16,6 +16,12 @@ accuracy, NLL, ECE and MCE of the test split at T = 1; the temperature
 when distilling, the teacher's equivalent smoothing
 ``gamma = E[sum_k (1 - y_k) p^t_k(T) K / (K - 1)]`` over the (augmented) training images.
 
+Measured once before training (:mod:`.probes`): with ``--teacher``, the teacher's gamma over the
+training split without augmentation (``--match-gamma``: the temperature is first bisected so
+that it equals the target); with ``--mi-every E``, the mutual information between training
+examples and their logit difference (paper Fig. 6), then again every ``E`` epochs and after the
+last.
+
 Outputs in ``--output-dir``: ``checkpoint.pt`` and ``metrics.json`` (per-epoch history), both
 written atomically after every epoch; at the end ``metrics.json`` gains the final metrics and
 ``reliability.png`` (test reliability diagram at T = 1 and at ``T*``) is drawn.
@@ -25,15 +31,20 @@ written atomically after every epoch; at the end ``metrics.json`` gains the fina
     ls-vision --resume runs/x/checkpoint.pt --output-dir runs/x          # continue a run
     ls-vision --resume runs/x/checkpoint.pt --test-only --output-dir runs/x-eval  # evaluate only
     ls-vision plot RUN_DIR... --out fig2.png   # paper Fig. 2 from several runs
+    ls-vision project RUN_HARD RUN_LS --classes 0,2,6 --out fig1.png   # paper Fig. 1
+    ls-vision plot-mi RUN_DIR... --out fig6.png                        # paper Fig. 6
+    ls-vision plot-fig5 RUN_DIR... --out fig5.png                      # paper Fig. 5
 
 Modules: :mod:`.command_line` (options and their checks), :mod:`.checkpointing`,
-:mod:`.distributed`, :mod:`.report` (metrics, summary, ``ls-vision plot``); this one holds the
-training loop.
+:mod:`.distributed`, :mod:`.evaluation` (evaluation passes), :mod:`.probes` (mutual information,
+teacher gamma), :mod:`.report` (metrics, summary, ``ls-vision plot``), :mod:`.projection_command`
+and :mod:`.figure_commands` (the other subcommands); this one holds the training loop.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import sys
 import time
@@ -46,14 +57,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from ls_plugins import calibration, cli, losses
+from ls_plugins import cli, losses
 from ls_plugins.atomic import write_json
-from ls_plugins.vision import checkpointing, command_line, data, distributed, models, report
+from ls_plugins.vision import (checkpointing, command_line, data, distributed, models, probes,
+                               report)
+from ls_plugins.vision.evaluation import NonFiniteError, evaluate_splits, to_device
 from ls_plugins.vision.report import CHECKPOINT, METRICS, PROG, RELIABILITY, TIMING_KEYS  # noqa: F401
 
-
-class NonFiniteError(RuntimeError):
-    """A nan or inf in the logits or loss; the message names where."""
+SUBCOMMANDS = {  # ls-vision SUBCOMMAND ...: module and function, imported when called
+    "plot": ("ls_plugins.vision.report", "plot_main"),
+    "project": ("ls_plugins.vision.projection_command", "main"),
+    "plot-mi": ("ls_plugins.vision.figure_commands", "plot_mi_main"),
+    "plot-fig5": ("ls_plugins.vision.figure_commands", "plot_fig5_main"),
+}
 
 
 @dataclass
@@ -67,6 +83,7 @@ class Run:
     scaler: torch.amp.GradScaler
     start_epoch: int
     history: list
+    measured: dict  # measured once per run (teacher gamma, mutual information before training)
 
 
 class Loaders(NamedTuple):
@@ -79,10 +96,12 @@ class Loaders(NamedTuple):
 
 # -- main ----------------------------------------------------------------------------------------
 def main(argv: Optional[list[str]] = None) -> int:
-    """``ls-vision [options]`` (see ``--help``) or ``ls-vision plot ...``; returns the exit code."""
+    """``ls-vision [options]`` (see ``--help``) or ``ls-vision SUBCOMMAND ...`` (:data:`SUBCOMMANDS`);
+    returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["plot"]:
-        return report.plot_main(argv[1:])
+    if argv[:1] and argv[0] in SUBCOMMANDS:
+        module, function = SUBCOMMANDS[argv[0]]
+        return getattr(importlib.import_module(module), function)(argv[1:])
     parser = command_line.get_args_parser()
     with usage_errors(parser, int(os.environ.get("RANK", "0"))):  # torchrun's processes: one line
         args, resumed = command_line.parse(parser, argv)
@@ -95,15 +114,19 @@ def main(argv: Optional[list[str]] = None) -> int:
         for option, checkpoint in (("--resume", resumed), ("--teacher", teacher_checkpoint)):
             if checkpoint is not None:
                 checkpointing.check_compatible(option, checkpoint, args.dataset, splits)
+        probe = (probes.MutualInformationProbe.from_args(args, splits)
+                 if args.mi_every is not None and not args.test_only else None)
     run = build_run(args, splits, device, resumed, rank, world_size)
     loaders = build_loaders(args, splits, device, rank, world_size)
     teacher = prepare_teacher(teacher, args, device) if teacher is not None else None
+    with usage_errors(parser, rank), non_finite_errors(parser, rank):
+        measure_before_training(run, probe, teacher, teacher_checkpoint, splits, args, device, rank)
     metrics = {"args": vars(args), "dataset": args.dataset, "model": args.model,
                "num_classes": splits.num_classes, "class_names": list(splits.class_names),
                "world_size": world_size, "history": run.history,
-               "parameters": sum(p.numel() for p in run.module.parameters())}
+               "parameters": sum(p.numel() for p in run.module.parameters()), **run.measured}
     with non_finite_errors(parser, rank):
-        result = train_epochs(run, teacher, loaders, splits, args, device, metrics, rank)
+        result = train_epochs(run, teacher, probe, loaders, splits, args, device, metrics, rank)
         if result is None:  # --test-only, or resuming a run that has finished
             result = evaluate_splits(run.module, loaders.val, loaders.test, args, device)
     if rank == 0:
@@ -183,6 +206,7 @@ def build_run(args: argparse.Namespace, splits: data.Splits, device: torch.devic
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp)
     start_epoch, history = 0, []
+    measured = dict(resumed.get("measured") or {}) if resumed is not None else {}
     if resumed is not None:
         module.load_state_dict(resumed["state_dict"])
         if not args.test_only:
@@ -195,7 +219,7 @@ def build_run(args: argparse.Namespace, splits: data.Splits, device: torch.devic
     model = module
     if world_size > 1:
         model = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
-    return Run(model, module, optimizer, scheduler, scaler, start_epoch, history)
+    return Run(model, module, optimizer, scheduler, scaler, start_epoch, history, measured)
 
 
 def build_loaders(args: argparse.Namespace, splits: data.Splits, device: torch.device,
@@ -221,13 +245,37 @@ def prepare_teacher(teacher: nn.Module, args: argparse.Namespace, device: torch.
     return teacher.to(device, memory_format=memory_format(args)).eval().requires_grad_(False)
 
 
+def measure_before_training(run: Run, probe: Optional[probes.MutualInformationProbe],
+                            teacher: Optional[nn.Module], teacher_checkpoint: Optional[dict],
+                            splits: data.Splits, args: argparse.Namespace, device: torch.device,
+                            rank: int) -> None:
+    """Once per run, kept in ``run.measured`` (and the checkpoint): the teacher's gamma over the
+    training split without augmentation, after bisecting the temperature for ``--match-gamma``
+    (printed); the mutual information of the initial model."""
+    if args.test_only:
+        return
+    if teacher is not None and "distillation" not in run.measured:
+        record = probes.teacher_gamma(teacher, teacher_checkpoint, splits, args, device)
+        run.measured["distillation"] = record
+        if rank == 0 and record["target_gamma"] is not None:
+            print(f"{PROG}: --match-gamma {record['target_gamma']:g}: distilling at "
+                  f"T={record['temperature']:.4f}, where the teacher's gamma over the "
+                  f"{record['images']} training images without augmentation is "
+                  f"{record['gamma']:.4f} ({record['bisection_evaluations']} temperatures tried)",
+                  flush=True)
+    if probe is not None and run.start_epoch == 0:
+        run.measured["mutual_information_initial"] = {
+            "epoch": 0, **probe.record(run.module, device, args.eval_batch_size, memory_format(args))}
+
+
 # -- training ------------------------------------------------------------------------------------
-def train_epochs(run: Run, teacher: Optional[nn.Module], loaders: Loaders, splits: data.Splits,
-                 args: argparse.Namespace, device: torch.device, metrics: dict,
-                 rank: int) -> Optional[dict]:
-    """Train from ``run.start_epoch`` to ``--epochs``; after each epoch evaluate, append to the
-    history and (process 0) write ``metrics.json`` and the checkpoint.  Returns the last
-    evaluation (None when no epoch was left)."""
+def train_epochs(run: Run, teacher: Optional[nn.Module],
+                 probe: Optional[probes.MutualInformationProbe], loaders: Loaders,
+                 splits: data.Splits, args: argparse.Namespace, device: torch.device,
+                 metrics: dict, rank: int) -> Optional[dict]:
+    """Train from ``run.start_epoch`` to ``--epochs``; after each epoch evaluate (and run the
+    ``probe`` when due), append to the history and (process 0) write ``metrics.json`` and the
+    checkpoint.  Returns the last evaluation (None when no epoch was left)."""
     world_size = distributed.world_size()
     show_progress = rank == 0 and not args.quiet and sys.stderr.isatty()
     if rank == 0:
@@ -245,6 +293,8 @@ def train_epochs(run: Run, teacher: Optional[nn.Module], loaders: Loaders, split
         result = evaluate_splits(run.module, loaders.val, loaders.test, args, device)
         record.update(report.flat_metrics(result))
         record["eval_seconds"] = time.perf_counter() - eval_start
+        if probe is not None and probe.due(epoch + 1):
+            record.update(probe.record(run.module, device, args.eval_batch_size, memory_format(args)))
         record["epoch_seconds"] = time.perf_counter() - epoch_start
         run.history.append(record)
         checkpoint = training_checkpoint(run, args, splits, epoch + 1, world_size)
@@ -261,18 +311,12 @@ def training_checkpoint(run: Run, args: argparse.Namespace, splits: data.Splits,
     """The model (teacher format) plus everything ``--resume`` needs to continue exactly."""
     return {"model": args.model, "num_classes": splits.num_classes,
             "in_channels": splits.in_channels, "image_size": splits.image_size,
-            "architecture": models.architecture(args.model, vars(args)), "dataset": args.dataset, "args": vars(args), "state_dict": run.module.state_dict(),
+            "architecture": models.architecture(args.model, vars(args)), "dataset": args.dataset,
+            "args": vars(args), "state_dict": run.module.state_dict(),
             "epoch": epoch, "optimizer": run.optimizer.state_dict(),
             "lr_scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
-            "history": run.history,
+            "history": run.history, "measured": run.measured,
             "rng": distributed.gather_objects(checkpointing.rng_states(), world_size)}
-
-
-def to_device(images: Tensor, targets: Tensor, device: torch.device, channels_last: bool):
-    images = images.to(device, non_blocking=True)
-    if channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, targets.to(device, non_blocking=True)
 
 
 def non_finite_message(logits: Tensor, teacher_logits: Optional[Tensor], targets: Tensor,
@@ -352,51 +396,6 @@ def train_one_epoch(model: nn.Module, teacher: Optional[nn.Module], loader: Data
     if teacher is not None:
         result["teacher_gamma"] = float(totals[3] / totals[4])
     return result
-
-
-# -- evaluation ----------------------------------------------------------------------------------
-@torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, args: argparse.Namespace, device: torch.device,
-             temperatures: tuple[float, ...] = (1.0,), keep_logits: bool = False,
-             split: str = "test"):
-    """One pass over ``loader``: a ``CalibrationStats`` of ``softmax(z / T)`` for each ``T`` in
-    ``temperatures``, summed over processes; with ``keep_logits`` also every example's logits and
-    target, gathered from all processes in data set order.  Raises :class:`NonFiniteError` if a
-    logit is nan or inf."""
-    model.eval()
-    stats = [calibration.CalibrationStats(args.calibration_bins) for _ in temperatures]
-    kept_logits, kept_targets = [], []
-    finite = torch.ones((), dtype=torch.bool, device=device)
-    for images, targets in loader:
-        images, targets = to_device(images, targets, device, args.channels_last)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=args.amp):
-            logits = model(images).float()
-        finite &= torch.isfinite(logits).all()
-        for stat, temperature in zip(stats, temperatures):
-            stat.update(logits, targets, temperature=temperature)
-        if keep_logits:
-            kept_logits.append(logits.cpu())
-            kept_targets.append(targets.cpu())
-    if distributed.any_process(~finite):
-        raise NonFiniteError(f"non-finite logits in the evaluation of the {split} split")
-    stats = [distributed.all_reduce_stats(stat, device) for stat in stats]
-    if not keep_logits:
-        return stats, None, None
-    world_size = distributed.world_size()
-    return (stats, distributed.gather_in_dataset_order(torch.cat(kept_logits), world_size),
-            distributed.gather_in_dataset_order(torch.cat(kept_targets), world_size))
-
-
-def evaluate_splits(model: nn.Module, val_loader: DataLoader, test_loader: DataLoader,
-                    args: argparse.Namespace, device: torch.device) -> dict:
-    """Validation statistics and fitted ``T*``; test statistics at T = 1 and at ``T*``."""
-    distributed.sync_buffers(model)
-    (val,), val_logits, val_targets = evaluate(model, val_loader, args, device, keep_logits=True,
-                                               split="validation")
-    temperature = calibration.fit_temperature(val_logits, val_targets)
-    (test, test_scaled), _, _ = evaluate(model, test_loader, args, device,
-                                         temperatures=(1.0, temperature))
-    return {"val": val, "temperature": temperature, "test": test, "test_scaled": test_scaled}
 
 
 if __name__ == "__main__":
