@@ -339,6 +339,7 @@ def train_log(bible, save_dir, *extra):
     return train, valid
 
 
+@pytest.mark.slow  # two 50-update fairseq-train runs
 def test_fairseq_train_gives_the_same_loss_curve_with_the_option(bible, tmp_path):
     plain, plain_valid = train_log(bible, tmp_path / "plain")
     fused, fused_valid = train_log(bible, tmp_path / "fused", "--memory-efficient-output")
