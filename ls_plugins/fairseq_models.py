@@ -94,11 +94,12 @@ def read_checkpoint(path: str, *, option: str = "--path", data: Optional[str] = 
             task_cfg[key] = lang
     where = task_cfg.get("data") or ""
     data_flag = data_option.split()[0]
+    findable = f"must be a checkpoint whose dictionaries can be found (else pass {data_option} " \
+               f"holding them)"
     if data:
         cli.check_input_dir(data_flag, data)
     elif not (where and os.path.isdir(utils.split_paths(where)[0])):
-        raise cli.bad_value(option, f"must be a checkpoint whose dictionaries can be found (else "
-                                    f"pass {data_option} holding them)",
+        raise cli.bad_value(option, findable,
                             f"{path}, whose data directory {where!r} does not exist here")
     try:
         task = tasks.setup_task(task_cfg, from_checkpoint=True)
@@ -106,10 +107,8 @@ def read_checkpoint(path: str, *, option: str = "--path", data: Optional[str] = 
         if data:
             raise cli.bad_value(data_flag, f"must name the directory holding the dictionaries of "
                                            f"{path}", f"{data} ({cli.first_line(err)})") from None
-        raise cli.bad_value(option, f"must be a checkpoint whose dictionaries can be found (else "
-                                    f"pass {data_option} holding them)",
-                            f"{path}, whose data directory {where} fails: "
-                            f"{cli.first_line(err)}") from None
+        raise cli.bad_value(option, findable, f"{path}, whose data directory {where} fails: "
+                                              f"{cli.first_line(err)}") from None
     return Checkpoint(path, state, cfg, task)
 
 
