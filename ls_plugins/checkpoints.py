@@ -48,14 +48,15 @@ def fairseq_checkpoint_globals() -> list:
 
     ``argparse.Namespace``: the ``args`` of checkpoints (and of models trained before fairseq's
     hydra configs).  Older checkpoints also store numpy scalars (e.g. ``best_loss``), pickled as
-    ``numpy.core.multiarray.scalar`` (``numpy._core`` since numpy 2, which keeps ``numpy.core``
-    only as a deprecated alias).
+    ``numpy.core.multiarray.scalar`` by numpy 1 and ``numpy._core.multiarray.scalar`` by numpy 2
+    (which keeps ``numpy.core`` only as a deprecated alias): both names are allowed.
     """
     import numpy as np
 
     multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-    return [argparse.Namespace, multiarray.scalar, np.dtype, type(np.dtype(np.float64)),
-            type(np.dtype(np.float32)), type(np.dtype(np.int64))]
+    return [argparse.Namespace, multiarray.scalar, (multiarray.scalar, "numpy.core.multiarray.scalar"),
+            np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.float32)),
+            type(np.dtype(np.int64))]
 
 
 def allow_fairseq_checkpoint_globals() -> None:

@@ -123,6 +123,25 @@ def test_fairseq_globals_do_not_touch_deprecated_numpy_core():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+@pytest.mark.parametrize("module", ["numpy._core.multiarray", "numpy.core.multiarray"],
+                         ids=["numpy-2", "numpy-1"])
+def test_numpy_scalars_of_fairseq_checkpoints_load_safely(module):
+    """fairseq stores e.g. best_loss as a numpy scalar; checkpoints written under numpy 1 name
+    its constructor numpy.core.multiarray.scalar, under numpy 2 numpy._core.multiarray.scalar."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    torch.save({"best_loss": np.float64(1.5)}, buffer, _use_new_zipfile_serialization=False)
+    written = buffer.getvalue()
+    for name in (b"numpy._core.multiarray", b"numpy.core.multiarray"):  # as the other numpy writes it
+        written = written.replace(name, module.encode())
+    assert module.encode() + b"\nscalar" in written
+    loaded = torch.load(io.BytesIO(written), weights_only=True)
+    assert loaded == {"best_loss": 1.5} and isinstance(loaded["best_loss"], np.float64)
+
+
 def test_checkpoints_module_is_torch_only():
     """The vision trainer uses it; it must not bring fairseq in."""
     code = ("import sys; from ls_plugins import checkpoints; "
