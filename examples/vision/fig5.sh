@@ -6,7 +6,8 @@
 #   3. students distilled (beta = 1) from the hard-target teacher at temperature T
 #      (gamma = the teacher's E[sum_k (1 - y_k) p^t_k(T) K / (K - 1)] over the training set)
 #   4. students distilled (beta = 1, T = 1) from the label-smoothed teachers of scenario 1
-# Writes $OUT/fig5.tsv.  Many runs: a GPU (or several, via LAUNCH=torchrun ...) is needed.
+# Writes $OUT/fig5.tsv and $OUT/fig5.png (ls-vision plot-fig5).  Many runs: a GPU (or several,
+# via LAUNCH=torchrun ...) is needed.
 # Usage: bash examples/vision/fig5.sh [OUT_DIR]
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -48,3 +49,4 @@ done
       "$(metric "$dir" test_accuracy)"
   done
 } | tee "$OUT/fig5.tsv"
+ls-vision plot-fig5 "$OUT"/teacher-ls* "$OUT"/student-ls* "$OUT"/distilled-* --out "$OUT/fig5.png"

@@ -164,10 +164,12 @@ def plot_fig5_main(argv: Optional[list[str]] = None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     plots.equal_gamma_figure(series, args.out, metric_name=args.metric.replace("_", " "))
     write_json(json_path, {"metric": args.metric, "points": points})
-    print(f"{'curve':22}{'gamma':>8}{'alpha':>7}{'T':>8}{args.metric:>15}  run")
+    print(f"{'curve':22}{'gamma':>8}{'alpha':>7}{'teacher alpha':>15}{'T':>8}{args.metric:>15}  run")
     for point in sorted(points, key=lambda p: (p["curve"], p["gamma"])):
-        temperature = f"{point['temperature']:.3f}" if "temperature" in point else "-"
-        print(f"{point['curve']:22}{point['gamma']:8.4f}{point['alpha']:7g}{temperature:>8}"
-              f"{point['value']:15.4f}  {point['run']}")
+        distilled = "temperature" in point
+        teacher_alpha = f"{point['teacher_alpha']:g}" if distilled else "-"
+        temperature = f"{point['temperature']:.3f}" if distilled else "-"
+        print(f"{point['curve']:22}{point['gamma']:8.4f}{point['alpha']:7g}{teacher_alpha:>15}"
+              f"{temperature:>8}{point['value']:15.4f}  {point['run']}")
     print(f"{PROG} plot-fig5: wrote {args.out} and {json_path}")
     return 0
