@@ -29,6 +29,7 @@ give explicit group ids (e.g. sentence ids) when statistics are merged across sh
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Optional
 
 import torch
@@ -111,6 +112,36 @@ class CalibrationStats:
                          probs.pow(2).sum(-1) - 2.0 * p_true + 1.0, groups=groups)
         if self.marginal:
             self._accumulate_classes(probs, target)
+
+    def update_confidences(self, confidence: Tensor, correct: Tensor, *,
+                           groups: Optional[Tensor] = None) -> None:
+        """Add predictions known only by their confidence ``p`` and correctness ``c`` (e.g. the
+        tokens beam search generated: only the chosen token's probability is known).
+
+        Binned like every prediction; with no distribution over the classes, the NLL and the
+        Brier score are those of the binary forecast "correct with probability ``p``":
+        ``-(c log p + (1 - c) log(1 - p))`` and ``(p - c)^2``.  ``groups``: one integer id per
+        prediction (the unit the bootstrap resamples).
+        """
+        if self.marginal:
+            raise bad_value("marginal", "the marginal ECE needs every class's probability, not "
+                            "only a confidence", self.marginal)
+        confidence = torch.as_tensor(confidence).detach().reshape(-1).double().cpu()
+        correct = torch.as_tensor(correct).detach().reshape(-1).cpu()
+        if correct.numel() != confidence.numel():
+            raise bad_value("correct", f"must hold one value per confidence ({confidence.numel()})",
+                            f"{correct.numel()} values")
+        if confidence.numel() and not bool(((confidence >= 0) & (confidence <= 1)).all()):
+            raise bad_value("confidence", "must lie in [0, 1]", float(confidence[
+                ~((confidence >= 0) & (confidence <= 1))][0]))
+        if groups is not None:
+            _, _, groups = flatten_predictions(confidence.unsqueeze(-1), correct, None, groups)
+        if confidence.numel() == 0:
+            return
+        c = correct.double()
+        tiny = 1e-45
+        nll = -(c * confidence.clamp_min(tiny).log() + (1 - c) * (1 - confidence).clamp_min(tiny).log())
+        self._accumulate(confidence, c, nll, (confidence - c).square(), groups=groups)
 
     def _accumulate(self, confidence: Tensor, correct: Tensor, nll: Tensor, brier: Tensor, *,
                     groups: Optional[Tensor] = None) -> None:
@@ -305,6 +336,30 @@ class CalibrationStats:
 
     def ece_interval(self, level: float = 0.95) -> tuple[float, float]:
         return self.interval("ece", level)
+
+    def bin_accuracy_intervals(self, level: float = 0.95) -> list[Optional[tuple[float, float]]]:
+        """Per bin, an interval of its accuracy ``A_b / n_b`` (None for an empty bin): the
+        percentile interval of the replicates' ratios with ``bootstrap``; otherwise the Wilson
+        score interval of ``A_b`` successes in ``n_b`` independent trials (which ignores that
+        predictions of one group are correlated)."""
+        level = check_open_unit("level", level)
+        nb = self.n_bins
+        if self.bootstrap:
+            sums = self.replicate_sums
+            ratios = sums[:, 2 * nb:3 * nb] / sums[:, :nb]  # nan where a replicate's bin is empty
+            return [percentile_interval(ratios[:, b], level) if self.counts[b] else None
+                    for b in range(nb)]
+        z = NormalDist().inv_cdf((1.0 + level) / 2.0)
+        intervals = []
+        for n, a in zip(self.counts.tolist(), self.correct_sums.tolist()):
+            if not n:
+                intervals.append(None)
+                continue
+            p = a / n
+            centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+            half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+            intervals.append((max(0.0, centre - half), min(1.0, centre + half)))
+        return intervals
 
     # -- reports ------------------------------------------------------------------------------
     def bins(self) -> list[dict]:

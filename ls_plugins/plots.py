@@ -32,27 +32,86 @@ def reliability_diagram(curves: Mapping[str, dict], path: str, title: str = "Rel
     """Accuracy against confidence per bin, one line per curve, against the diagonal (paper Fig. 2/3).
 
     ``curves`` maps a label (e.g. ``"hard targets"``, ``"hard + T=1.9"``, ``"LS 0.05"``) to a
-    ``CalibrationStats.to_dict()``; the legend shows each curve's ECE.  Curves are drawn in
-    order; the first without markers and the rest with markers, as in the paper.
+    ``CalibrationStats.to_dict()``.  One panel of :func:`reliability_panels` (see there).
     """
-    fig, ax = plt.subplots(figsize=(4.8, 4.5))
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
+    reliability_panels({"": curves}, path, title)
+
+
+def _ece_label(label: str, stats: Mapping) -> str:
+    """``label: ECE 0.055 [0.049, 0.061]`` (the interval when the statistics hold one)."""
+    ece = stats.get("ece")
+    if ece is None:
+        return label
+    text = f"{label}: ECE {ece:.3f}"
+    interval = (stats.get("intervals") or {}).get("ece")
+    if interval and None not in interval:
+        text += " [{:.3f}, {:.3f}]".format(*interval)
+    return text
+
+
+def reliability_panels(panels: Mapping[str, Mapping[str, dict]], path: str,
+                       title: str = "Reliability diagram") -> None:
+    """Reliability diagrams side by side (e.g. the reference and the hypothesis readings).
+
+    ``panels`` maps a panel title to its curves (label -> ``CalibrationStats.to_dict()``).  In
+    each panel: per curve, the bins' accuracy against their mean confidence (the first curve
+    without markers, the rest with markers, as in the paper) against the diagonal; a shaded band
+    where the bins hold an ``accuracy_interval`` (per bin, e.g. from bootstrap replicates); the
+    legend gives each curve's ECE with its interval (``intervals["ece"]``, when present) and the
+    number and kind of bins.  Beneath, the share of predictions per confidence bin.
+    """
+    from matplotlib.patches import Patch
+
+    columns = max(1, len(panels))
+    fig, axes = plt.subplots(2, columns, figsize=(4.8 * columns, 5.6), squeeze=False,
+                             gridspec_kw={"height_ratios": [3.2, 1]}, sharex="col")
     markers = [None, "x", "o", "s", "^", "v", "d"]
-    for i, (label, stats) in enumerate(curves.items()):
-        points = [(b["confidence"], b["accuracy"]) for b in stats["bins"] if b["count"]]
-        if not points:
-            continue
-        xs, ys = zip(*points)
-        ece = stats.get("ece")
-        name = f"{label} (ECE {ece:.3f})" if ece is not None else label
-        ax.plot(xs, ys, marker=markers[i % len(markers)], linewidth=1.5, label=name)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=8)
-    ax.grid(alpha=0.3)
+    for column, (panel_title, curves) in enumerate(panels.items()):
+        ax, hist = axes[0][column], axes[1][column]
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
+        kinds, band_kinds = set(), set()
+        for i, (label, stats) in enumerate(curves.items()):
+            colour = f"C{i % 10}"
+            rows = [b for b in stats["bins"] if b["count"]]
+            if not rows:
+                continue
+            kinds.add(f"{stats.get('n_bins', len(stats['bins']))} "
+                      f"{stats.get('bin_kind', 'equal-width')} bins")
+            xs = [b["confidence"] for b in rows]
+            ax.plot(xs, [b["accuracy"] for b in rows], marker=markers[i % len(markers)] or ".",
+                    markersize=4 if i else 3, linewidth=1.5, color=colour,
+                    label=_ece_label(label, stats))
+            bands = [b.get("accuracy_interval") for b in rows]
+            if all(band is not None and None not in band for band in bands):
+                lows, highs = [b[0] for b in bands], [b[1] for b in bands]
+                ax.fill_between(xs, lows, highs, color=colour, alpha=0.18, linewidth=0)
+                ax.vlines(xs, lows, highs, color=colour, alpha=0.5, linewidth=0.8)  # lone bins too
+                band_kinds.add(stats.get("bin_interval", "interval per bin"))
+            total = sum(b["count"] for b in stats["bins"])
+            edges = [stats["bins"][0]["lower"]] + [b["upper"] for b in stats["bins"]]
+            hist.stairs([b["count"] / total for b in stats["bins"]], edges, color=colour,
+                        fill=len(curves) == 1, alpha=0.45 if len(curves) == 1 else 1.0,
+                        linewidth=1.2)
+        handles, _ = ax.get_legend_handles_labels()
+        level = next((s.get("interval_level") for s in curves.values() if s.get("interval_level")),
+                     None)
+        for kind in sorted(band_kinds):
+            what = f"{100 * level:g}% interval" if level else "interval"
+            handles.append(Patch(color="grey", alpha=0.3, label=f"{what} per bin ({kind})"))
+        ax.legend(handles=handles, loc="upper left", fontsize=7,
+                  title=", ".join(sorted(kinds)) or None, title_fontsize=7)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("accuracy")
+        ax.set_title(panel_title or title, fontsize=10)
+        ax.grid(alpha=0.3)
+        hist.set_xlim(0, 1)
+        hist.set_xlabel("confidence")
+        hist.set_ylabel("share of\npredictions", fontsize=8)
+        hist.grid(alpha=0.3)
+    if len(panels) > 1 or next(iter(panels), "") != "":
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
     save_figure(fig, path)
 
 

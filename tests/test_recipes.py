@@ -66,8 +66,8 @@ def test_demo_runs_end_to_end_on_a_small_corpus(tmp_path):
                   tmp_path / "demo"])
     out = result.stdout
     assert len(re.findall(r"^Generate test with beam=2: BLEU = [0-9.]+", out, re.M)) == 3, out
-    lines = re.findall(r"^Calibration \| T ([0-9.]+) \| bins 15 \| tokens (\d+) \| ECE ([0-9.]+)",
-                       out, re.M)
+    lines = re.findall(r"^Calibration \(reference\) \| T ([0-9.]+) \| bins 15 equal-width \| "
+                       r"sentences \d+/\d+ \| tokens (\d+) \| ECE ([0-9.]+)", out, re.M)
     assert len(lines) == 3 and len({tokens for _, tokens, _ in lines}) == 1  # same test set
     hard = json.loads((tmp_path / "demo" / "hard" / "test.json").read_text())
     scaled = json.loads((tmp_path / "demo" / "hard" / "test_T.json").read_text())

@@ -21,6 +21,7 @@ from .. import cli
 from ..calibration import DEFAULT_BINS
 from ..linear_losses import linear_loss_terms
 from ..losses import check_probability, smoothed_nll_from_lprobs, unigram_prior
+from ..tasks.batching import keep_every_example
 from . import fused_output
 from .common import accuracy_logging_output, calibration_logging_output, reduce_loss_metrics
 from .guards import check_finite_terms, non_finite_summary, refuse, refusing_bad_input
@@ -89,6 +90,7 @@ class LabelSmoothingCriterionBase(FairseqCriterion):
                  memory_efficient_output=False):
         super().__init__(task)
         validate_common_options(label_smoothing, calibration_bins, ignore_prefix_size)
+        keep_every_example(task)  # validation statistics over every sentence (tasks/batching.py)
         self.sentence_avg = sentence_avg
         self.alpha = label_smoothing
         self.report_accuracy = report_accuracy

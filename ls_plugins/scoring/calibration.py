@@ -1,11 +1,12 @@
-"""``--scoring calibration``: sacreBLEU plus the token-level calibration line.
+"""``--scoring calibration``: sacreBLEU plus the token-level calibration lines.
 
 fairseq-generate prints ``scorer.result_string()`` once at the end; this scorer computes BLEU
 with sacrebleu (exactly like ``--scoring sacrebleu``, same ``--sacrebleu-*`` options) and appends
-the calibration summary of ``--task translation_calibration``::
+the calibration summary of ``--task translation_calibration``, one line per reading::
 
     Generate test with beam=5: BLEU = 27.10 58.2/33.1/20.8/13.4 (BP = ...)
-    Calibration | T 1.00 | bins 15 | tokens 12345 | ECE 0.0312 | MCE ... | NLL ... | acc ... | conf ...
+    Calibration (reference) | T 1.00 | bins 15 equal-width | sentences 500/500 | tokens 12345 | ECE 0.0312 [0.0270, 0.0356] | ...
+    Calibration (hypothesis) | T 1.00 | bins 15 equal-width | sentences 500/500 | tokens 11876 | ECE ... | ...
 """
 from dataclasses import dataclass
 
