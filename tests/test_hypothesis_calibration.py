@@ -190,7 +190,8 @@ def nbest_run(bible, ls_checkpoint, tmp_path_factory):
 
 def test_generate_scores_the_top_hypothesis_of_each_sentence(nbest_run):
     """From fairseq-generate's own output (no --remove-bpe: H- lines are pieces): the first H-
-    line of each sentence, its P- line (one score per token, EOS included), the T- line."""
+    line of each sentence, its P- line (one base-2 log-probability per token, EOS included) and
+    the T- line."""
     result, stats, out = nbest_run
     hyps, scores, refs = lines(result.stdout, "H"), lines(result.stdout, "P"), lines(result.stdout, "T")
     assert len(hyps) == 100 and all(len(h) == 2 for h in hyps.values())  # --nbest 2
@@ -198,7 +199,7 @@ def test_generate_scores_the_top_hypothesis_of_each_sentence(nbest_run):
     for sid, nbest in hyps.items():
         pieces = nbest[0][1].split() + ["</s>"]
         reference = refs[sid][0][0].replace("<<unk>>", "<unk>").split() + ["</s>"]
-        p = [math.exp(float(x)) for x in scores[sid][0][0].split()]
+        p = [2.0 ** float(x) for x in scores[sid][0][0].split()]  # P- lines are base 2
         assert len(p) == len(pieces)
         confidence += p
         correct += aligned_correct(pieces, reference)
