@@ -171,7 +171,9 @@ def mi_probe_cost(dataset: str, epochs: int, output_dir: str) -> dict:
             "probe_seconds": [round(r["mi_seconds"], 3) for r in history],
             "epoch_seconds_without_probe": [round(r["epoch_seconds"] - r["mi_seconds"], 2)
                                             for r in history],
-            "ratio": round(median, 4), "target": "<= 0.10", "pass": median <= 0.10}
+            "ratio": round(median, 4),
+            **({"target": "<= 0.10", "pass": median <= 0.10} if dataset == "fashion-mnist" else
+               {"note": "toy size, no target: the claim is for Fashion-MNIST"})}
 
 
 def main() -> None:

@@ -151,7 +151,9 @@ def get_args_parser() -> cli.ArgumentParser:
         prog=PROG, formatter_class=HelpFormatter,
         description="Train an image classifier with label smoothing or distillation and report "
                     "accuracy and calibration (When Does Label Smoothing Help?, sections 2-4). "
-                    f"`{PROG} plot RUN_DIR... --out FIG.png` draws a Fig. 2-style diagram.")
+                    f"`{PROG} plot RUN_DIR... --out FIG.png` draws a Fig. 2-style diagram; "
+                    f"`{PROG} project`, `{PROG} plot-mi` and `{PROG} plot-fig5` draw Figs. 1, 6 "
+                    "and 5 (each with its own --help).")
     parser.add_argument("--dataset", default="digits", **choice("--dataset", data.DATASETS),
                         help="digits and fashion-mnist work offline; synthetic is for tests")
     parser.add_argument("--data-dir",

@@ -50,7 +50,12 @@ def class_list(text: str) -> list[int]:
 
 
 def get_parser() -> cli.ArgumentParser:
-    parser = cli.ArgumentParser(prog=f"{PROG} project", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(
+        prog=f"{PROG} project",
+        description="Paper Fig. 1: the penultimate activations of three classes projected on the "
+                    "plane of their templates (a row per run, training and validation splits), "
+                    "and their cluster tightness and distances to the wrong classes' templates "
+                    "(JSON).")
     parser.add_argument("runs", nargs="+", metavar="RUN",
                         help="ls-vision output directories (their checkpoint.pt) or checkpoints; "
                              "one row of panels each, e.g. without and with label smoothing")
