@@ -378,12 +378,23 @@ def test_plot_fig5_classifies_each_run(runs, fig5_runs, tmp_path, monkeypatch):
 
 
 # -- bad input ----------------------------------------------------------------------------------------
+class RunsCode:
+    """Unpickling calls ``function(*arguments)``: a checkpoint that wants to run code."""
+
+    def __init__(self, function, *arguments):
+        self.function, self.arguments = function, arguments
+
+    def __reduce__(self):
+        return self.function, self.arguments
+
+
 @pytest.fixture(scope="module")
 def bad_files(runs, tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
     (root / "empty").mkdir()
     (root / "garbage.pt").write_bytes(os.urandom(256))
     (root / "a_file").write_text("x")
+    torch.save({"model": RunsCode(os.system, f"touch {root / 'pwned'}")}, root / "system.pt")
     model = models.build_model("smallcnn", 100, 1, 8)
     torch.save({"model": "smallcnn", "num_classes": 100, "in_channels": 1, "image_size": 8,
                 "dataset": "digits", "state_dict": model.state_dict(), "args": {}}, root / "k100.pt")
@@ -400,6 +411,7 @@ def bad_files(runs, tmp_path_factory):
     return {"root": str(root), "hard": str(runs["hard"][0]), "smooth": str(runs["smooth"][0]),
             "empty": str(root / "empty"), "garbage": str(root / "garbage.pt"),
             "file": str(root / "a_file"), "k100": str(root / "k100.pt"), "unprobed": str(unprobed),
+            "system": str(root / "system.pt"),
             "old_distilled": str(root / "old_distilled"), "unfinished": str(unfinished)}
 
 
@@ -425,6 +437,9 @@ BAD_COMMANDS = {
                                           "{empty}/checkpoint.pt (no such file)"),
     "project: random bytes": (["project", "{garbage}", "--classes", "0,2,6", "--out", "{out}"],
                               "ls-vision project: error: RUN: must name an ls-vision checkpoint, got {garbage} ("),
+    "project: a checkpoint that runs code": (["project", "{hard}", "{system}", "--classes", "0,2,6", "--out", "{out}"],
+                                             "ls-vision project: error: RUN: must name an ls-vision checkpoint, got "
+                                             "{system} (refused: the checkpoint asks for the global posix.system"),
     "project: runs of different models": (["project", "{hard}", "{k100}", "--classes", "0,2,6", "--out", "{out}"],
                                           "ls-vision project: error: RUN: must share num_classes with {hard} (10), "
                                           "got {k100} (100)"),
@@ -478,3 +493,4 @@ def test_bad_input_is_one_line(name, bad_files, tmp_path, capsys, monkeypatch):
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith(message.format(**values)), err
     assert (sorted(os.walk(tmp_path)), sorted(os.walk(bad_files["root"]))) == before
+    assert not os.path.exists(os.path.join(bad_files["root"], "pwned"))
