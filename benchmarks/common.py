@@ -37,8 +37,9 @@ def emit(claim: str, target: str, passed: bool, **figures) -> None:
     print(json.dumps(record), flush=True)
 
 
-def run(args, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+def run(args, extra_env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           **(extra_env or {})}
     return subprocess.run([str(a) for a in args], cwd=REPO, capture_output=True, text=True,
                           check=True, env=env, **kwargs)
 
