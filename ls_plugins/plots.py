@@ -118,9 +118,10 @@ def reliability_panels(panels: Mapping[str, Mapping[str, dict]], path: str,
 def temperature_sweep(results: Sequence[dict], path: str) -> None:
     """Paper Fig. 4: BLEU, ECE and NLL of beam search against the softmax temperature T.
 
-    Left panel: BLEU (blue, left axis) and ECE (red, right axis); right panel: BLEU (blue) and NLL
-    (red).  One curve per model and metric; ``results`` rows hold ``model``, ``temperature``,
-    ``bleu``, ``ece`` and ``nll``.  Models keep their order of appearance: the first is drawn
+    Left panel: BLEU (blue, left axis) and ECE (red, right axis: the reference reading solid and,
+    where rows hold ``hypothesis_ece``, the hypothesis reading dashed); right panel: BLEU (blue)
+    and NLL (red).  One curve per model and metric; ``results`` rows hold ``model``,
+    ``temperature``, ``bleu``, ``ece`` and ``nll``.  Models keep their order of appearance: the first is drawn
     without markers, the later ones with markers (the paper: hard targets plain, label smoothing
     with markers).
     """
@@ -137,6 +138,9 @@ def temperature_sweep(results: Sequence[dict], path: str) -> None:
             marker = markers[i % len(markers)]
             ax.plot(ts, [r["bleu"] for r in rows], color="tab:blue", marker=marker, markersize=5)
             twin.plot(ts, [r[key] for r in rows], color="tab:red", marker=marker, markersize=5)
+            if key == "ece" and all(r.get("hypothesis_ece") is not None for r in rows):
+                twin.plot(ts, [r["hypothesis_ece"] for r in rows], color="tab:red", linestyle="--",
+                          marker=marker, markersize=5)
         ax.set_xlabel("temperature T")
         ax.set_ylabel("BLEU", color="tab:blue")
         ax.tick_params(axis="y", colors="tab:blue")
@@ -146,6 +150,9 @@ def temperature_sweep(results: Sequence[dict], path: str) -> None:
         ax.grid(alpha=0.3)
     handles = [Line2D([], [], color="black", marker=markers[i % len(markers)], label=model)
                for i, model in enumerate(models)]
+    if all(r.get("hypothesis_ece") is not None for r in results):
+        handles += [Line2D([], [], color="tab:red", label="ECE given the reference prefix"),
+                    Line2D([], [], color="tab:red", linestyle="--", label="ECE of the generated tokens")]
     fig.legend(handles=handles, loc="upper center", ncol=len(models), fontsize=9,
                bbox_to_anchor=(0.5, 1.06))
     fig.tight_layout()

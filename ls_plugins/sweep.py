@@ -9,7 +9,15 @@ temperature ``T`` the sweep computes, on one subset of a fairseq data directory:
   with sacreBLEU as ``fairseq-generate --scoring sacrebleu`` does;
 - **NLL, ECE, MCE, Brier score, mean confidence and accuracy** of the next-token predictions
   ``softmax(logits / T)`` *given the reference prefix*, at every non-pad target position (EOS
-  included), from :class:`~ls_plugins.calibration.CalibrationStats`.
+  included), from :class:`~ls_plugins.calibration.CalibrationStats` (the *reference* reading);
+- the same of the *hypothesis* reading: every token of the best hypothesis of the beam search at
+  ``T``, with its generation probability, correct when aligned to an identical reference token
+  (as ``fairseq-generate --task translation_calibration`` measures it:
+  :mod:`ls_plugins.tasks.generation_calibration`).
+
+Intervals: a Poisson bootstrap over sentences (``--calibration-bootstrap`` replicates,
+``--calibration-seed``); every sentence of the subset is batched and scored, whatever
+``--required-batch-size-multiple`` says (:mod:`ls_plugins.tasks.batching`).
 
 Each model and the data are loaded once (models through :mod:`ls_plugins.fairseq_models`: safe
 loading, source and target dictionaries equal to DATA's symbol by symbol, a plain linear output
@@ -59,6 +67,9 @@ def setup_task(cfg):
         raise cli.bad_value("data", "must be a fairseq data directory with the dictionaries of "
                                     "its languages (set --source-lang/--target-lang?)",
                             f"{data} ({cli.first_line(err)})") from None
+    from .tasks.batching import keep_every_example
+
+    keep_every_example(task)  # fairseq's batches plus the last one it would drop
     subset = cfg.dataset.gen_subset
     try:
         task.load_dataset(subset)
@@ -126,26 +137,29 @@ def load_batches(task, cfg, positions) -> list[dict]:
 
 # -- the two passes -----------------------------------------------------------------------------
 
-def calibration_by_temperature(models, batches, temperatures, pad: int, n_bins: int) -> dict:
+def calibration_by_temperature(models, batches, temperatures, pad: int, n_bins: int, *,
+                               bootstrap: int = 0, seed: int = 0) -> dict:
     """``{T: CalibrationStats}`` from one teacher-forced forward pass per batch.
 
     The generation hook's quantities (``decoder_log_probs`` at ``T``, every non-pad target
-    position).  A single model (its output layer is a plain linear layer, :func:`load_models`) is
-    scored from its logits for all temperatures at once
-    (:func:`~ls_plugins.calibration.update_at_temperatures`).
+    position; ``bootstrap`` replicates over sentences drawn with ``seed``).  A single model (its
+    output layer is a plain linear layer, :func:`load_models`) is scored from its logits for all
+    temperatures at once (:func:`~ls_plugins.calibration.update_at_temperatures`).
     """
     from .calibration import CalibrationStats, update_at_temperatures
     from .teacher_forcing import decoder_logits, decoder_log_probs
 
-    stats = {t: CalibrationStats(n_bins) for t in temperatures}
+    stats = {t: CalibrationStats(n_bins, bootstrap=bootstrap, seed=seed) for t in temperatures}
     for sample in batches:
         outputs = decoder_logits(models, sample)
+        groups = sample["id"].view(-1, 1).expand_as(sample["target"])
         if len(models) == 1:
-            update_at_temperatures(stats, outputs[0][0], sample["target"], ignore_index=pad)
+            update_at_temperatures(stats, outputs[0][0], sample["target"], ignore_index=pad,
+                                   groups=groups)
         else:
             for t in temperatures:
                 stats[t].update(decoder_log_probs(models, outputs, t), sample["target"],
-                                ignore_index=pad)
+                                ignore_index=pad, groups=groups)
     return stats
 
 
@@ -177,15 +191,20 @@ def _repeat_sample(sample: dict, times: int) -> dict:
     return {"id": sample["id"].repeat(times), "net_input": net_input}
 
 
-def beam_search(task, models, batches, cfg, temperatures: Sequence[float]) -> dict:
+def beam_search(task, models, batches, cfg, temperatures: Sequence[float],
+                hypothesis_stats: Optional[dict] = None) -> dict:
     """``{T: (references, hypotheses)}``: detokenised strings, as fairseq-generate scores them.
 
     One temperature: fairseq's generator with ``--temperature T``.  Several: one generator over
     the batch repeated once per temperature (:func:`_row_temperature_ensemble`).
+    ``hypothesis_stats``: ``{T: CalibrationStats}`` that get every token of each best hypothesis
+    (the hypothesis reading, :func:`~ls_plugins.tasks.generation_calibration.hypothesis_predictions`).
     """
     import torch
     from fairseq import utils
     from fairseq_cli.generate import get_symbols_to_strip_from_output
+
+    from .tasks.generation_calibration import hypothesis_predictions
 
     tgt_dict = task.target_dictionary
     post_process = cfg.common_eval.post_process
@@ -215,6 +234,11 @@ def beam_search(task, models, batches, cfg, temperatures: Sequence[float]) -> di
                 pairs[t][0].append(reference)
                 pairs[t][1].append(tgt_dict.string(best["tokens"].int().cpu(), post_process,
                                                    extra_symbols_to_ignore=strip))
+        for j, t in enumerate(temperatures if hypothesis_stats is not None else ()):
+            best = [hypos[j * size + i][0] for i in range(size)]
+            confidence, correct, groups = hypothesis_predictions(best, sample["target"],
+                                                                 sample["id"], tgt_dict.pad())
+            hypothesis_stats[t].update_confidences(confidence, correct, groups=groups)
     return pairs
 
 
@@ -248,6 +272,8 @@ def point_config(args, cfg, task, spec: ModelSpec) -> dict:
         "skip_invalid_size_inputs_valid_test": args.skip_invalid_size_inputs_valid_test,
         "remove_bpe": args.remove_bpe, "sacrebleu_tokenizer": args.sacrebleu_tokenizer,
         "sacrebleu_lowercase": args.sacrebleu_lowercase, "calibration_bins": args.calibration_bins,
+        "calibration_bootstrap": args.calibration_bootstrap,
+        "calibration_seed": args.calibration_seed, "batches": "every sentence",
         "device": "cuda" if torch.cuda.is_available() and not args.cpu else "cpu",
     }
 
@@ -307,6 +333,8 @@ def run_sweep(args, cfg, specs: Sequence[ModelSpec], temperatures: Sequence[floa
     from fairseq import utils
     from tqdm import tqdm
 
+    from .calibration import CalibrationStats
+
     np.random.seed(cfg.common.seed)
     utils.set_torch_seed(cfg.common.seed)
     task = setup_task(cfg)
@@ -336,19 +364,26 @@ def run_sweep(args, cfg, specs: Sequence[ModelSpec], temperatures: Sequence[floa
         ensemble = models[spec.label]
         progress.set_postfix_str(f"{spec.label} teacher-forced")
         stats = calibration_by_temperature(ensemble, batches[spec.label], pending, pad,
-                                           args.calibration_bins)
+                                           args.calibration_bins,
+                                           bootstrap=args.calibration_bootstrap,
+                                           seed=args.calibration_seed)
         for start in range(0, len(pending), args.temperature_batch):
             group = pending[start:start + args.temperature_batch]
             progress.set_postfix_str(f"{spec.label} T={','.join(f'{t:g}' for t in group)}")
             began = time.perf_counter()
-            pairs = beam_search(task, ensemble, batches[spec.label], cfg, group)
+            generated = {t: CalibrationStats(args.calibration_bins, seed=args.calibration_seed,
+                                             bootstrap=args.calibration_bootstrap) for t in group}
+            pairs = beam_search(task, ensemble, batches[spec.label], cfg, group, generated)
             seconds = (time.perf_counter() - began) / len(group)
             for t in group:
                 references, hypotheses = pairs[t]
                 score, signature = corpus_bleu(references, hypotheses, cfg)
                 point = {"model": spec.label, "temperature": t, "config": configs[spec.label],
                          "bleu": score.score, "bleu_string": score.format(), "signature": signature,
-                         "sentences": len(hypotheses), "calibration": stats[t].to_dict(),
+                         "sentences": len(hypotheses),
+                         "subset_sentences": len(task.dataset(cfg.dataset.gen_subset)),
+                         "calibration": stats[t].to_dict(),
+                         "hypothesis_calibration": generated[t].to_dict(),
                          "seconds": seconds,
                          "finished": datetime.datetime.now(datetime.timezone.utc).isoformat()}
                 append_point(resume, point)

@@ -4,9 +4,10 @@ The command line and its outputs; the work is :mod:`ls_plugins.sweep` (see there
 computed).  For every labelled model (``--model LABEL=PATH``, a checkpoint or an ensemble
 ``a.pt:b.pt``) and every temperature ``T`` (``--temperatures``, ``--temperature-range``):
 sacreBLEU of beam search at ``T`` (exactly ``fairseq-generate --temperature T``'s with
-``--temperature-batch 1``), and the NLL, ECE, MCE, Brier score, confidence and accuracy of the
-next-token predictions given the reference prefix; per model the ``T`` minimising ECE and NLL
-and maximising BLEU.
+``--temperature-batch 1``), the NLL, ECE, MCE, Brier score, confidence and accuracy of the
+next-token predictions given the reference prefix (reference reading) and of the generated
+tokens (hypothesis reading), with bootstrap intervals over sentences; per model the ``T``
+minimising ECE (both readings) and NLL and maximising BLEU.
 
 Writes to ``--output-dir``: ``points.jsonl`` (one line per finished (model, T) point, appended and
 fsync'd: an interrupted sweep re-run with the same directory and options skips finished points;
@@ -86,8 +87,9 @@ def build_parser() -> cli.ArgumentParser:
                       help="maximum number of sentences in a batch")
     data.add_argument("--required-batch-size-multiple", default=8,
                       type=cli.int_at_least("--required-batch-size-multiple", 1),
-                      help="batch sizes are a multiple of this; fairseq drops a last batch that "
-                           "is smaller (use 1 to score every sentence)")
+                      help="batch sizes are a multiple of this (as fairseq-generate; the last "
+                           "batch, which fairseq drops when it is smaller, is kept: every "
+                           "sentence is scored)")
     data.add_argument("--skip-invalid-size-inputs-valid-test", action="store_true",
                       help="skip sentences longer than the models accept")
 
@@ -100,6 +102,13 @@ def build_parser() -> cli.ArgumentParser:
     score.add_argument("--sacrebleu-lowercase", action="store_true", help="lowercase for BLEU")
     score.add_argument("--calibration-bins", type=cli.int_at_least("--calibration-bins", 1),
                        default=15, help="equal-width confidence bins of the ECE")
+    score.add_argument("--calibration-bootstrap", default=200,
+                       type=cli.int_at_least("--calibration-bootstrap", 0),
+                       help="bootstrap replicates over sentences for the 95%% intervals (0: none)")
+    score.add_argument("--calibration-seed", default=0,
+                       type=cli.int_at_least("--calibration-seed", 0),
+                       help="seed of the bootstrap weights (as fairseq-generate's: same seed and "
+                            "sentences, the same replicates)")
 
     run = parser.add_argument_group("running")
     run.add_argument("--cpu", action="store_true", help="use the CPU even if CUDA is available")
@@ -208,15 +217,22 @@ def fairseq_config(args):
 # -- outputs ------------------------------------------------------------------------------------
 
 CSV_COLUMNS = ["model", "temperature", "bleu", "nll", "nll_base2", "ece", "mce", "brier",
-               "confidence", "accuracy", "tokens", "sentences"]
+               "confidence", "accuracy", "tokens", "sentences", "ece_low", "ece_high",
+               "hypothesis_ece", "hypothesis_ece_low", "hypothesis_ece_high",
+               "hypothesis_confidence", "hypothesis_accuracy", "hypothesis_tokens"]
 
 
 def row(point: dict) -> dict:
-    cal = point["calibration"]
+    cal, hyp = point["calibration"], point["hypothesis_calibration"]
+    low, high = cal.get("intervals", {}).get("ece", (None, None))
+    hyp_low, hyp_high = hyp.get("intervals", {}).get("ece", (None, None))
     return {"model": point["model"], "temperature": point["temperature"], "bleu": point["bleu"],
             "nll": cal["nll"], "nll_base2": cal["nll_base2"], "ece": cal["ece"], "mce": cal["mce"],
             "brier": cal["brier"], "confidence": cal["confidence"], "accuracy": cal["accuracy"],
-            "tokens": cal["count"], "sentences": point["sentences"]}
+            "tokens": cal["count"], "sentences": point["sentences"], "ece_low": low,
+            "ece_high": high, "hypothesis_ece": hyp["ece"], "hypothesis_ece_low": hyp_low,
+            "hypothesis_ece_high": hyp_high, "hypothesis_confidence": hyp["confidence"],
+            "hypothesis_accuracy": hyp["accuracy"], "hypothesis_tokens": hyp["count"]}
 
 
 def best_temperatures(rows: Sequence[dict]) -> dict:
@@ -225,18 +241,31 @@ def best_temperatures(rows: Sequence[dict]) -> dict:
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
         best[model] = {"ece": min(mine, key=lambda r: r["ece"])["temperature"],
+                       "hypothesis_ece": min(mine, key=lambda r: r["hypothesis_ece"])["temperature"],
                        "nll": min(mine, key=lambda r: r["nll"])["temperature"],
                        "bleu": max(mine, key=lambda r: r["bleu"])["temperature"]}
     return best
 
 
+def interval(low, high) -> str:
+    """``[0.049,0.061]`` (no space: one column), ``-`` without bootstrap."""
+    return "-" if low is None or high is None else f"[{low:.3f},{high:.3f}]"
+
+
 def table(rows: Sequence[dict], best: dict, signature: str) -> str:
-    lines = [f"{'model':<12} {'T':>6} {'BLEU':>7} {'NLL':>8} {'ECE':>8} {'conf':>7} {'acc':>7}"]
+    """ECE: the reference reading (given the reference prefix); hypECE: the generated tokens';
+    each followed by its 95% bootstrap interval over sentences."""
+    lines = [f"{'model':<12} {'T':>6} {'BLEU':>7} {'NLL':>8} {'ECE':>8} {'ECE_95%':>15} "
+             f"{'hypECE':>8} {'hypECE_95%':>15} {'conf':>7} {'acc':>7}"]
     for r in rows:
         lines.append(f"{r['model']:<12} {r['temperature']:>6g} {r['bleu']:>7.2f} {r['nll']:>8.4f} "
-                     f"{r['ece']:>8.4f} {r['confidence']:>7.4f} {r['accuracy']:>7.4f}")
+                     f"{r['ece']:>8.4f} {interval(r['ece_low'], r['ece_high']):>15} "
+                     f"{r['hypothesis_ece']:>8.4f} "
+                     f"{interval(r['hypothesis_ece_low'], r['hypothesis_ece_high']):>15} "
+                     f"{r['confidence']:>7.4f} {r['accuracy']:>7.4f}")
     for model, b in best.items():
-        lines.append(f"{model}: best ECE at T={b['ece']:g}, best NLL at T={b['nll']:g}, "
+        lines.append(f"{model}: best ECE at T={b['ece']:g}, best hypothesis ECE at "
+                     f"T={b['hypothesis_ece']:g}, best NLL at T={b['nll']:g}, "
                      f"best BLEU at T={b['bleu']:g}")
     lines.append(f"sacreBLEU signature: {signature}")
     return "\n".join(lines)
@@ -250,7 +279,9 @@ def write_outputs(output_dir: str, points: Sequence[dict], args) -> tuple[list, 
     summary = {"data": os.path.abspath(args.data), "subset": args.gen_subset,
                "sacrebleu_signature": points[0]["signature"], "best": best,
                "config": {p["model"]: p["config"] for p in points},
-               "points": [{**r, "bleu_string": p["bleu_string"], "calibration": p["calibration"]}
+               "points": [{**r, "bleu_string": p["bleu_string"], "calibration": p["calibration"],
+                           "hypothesis_calibration": p["hypothesis_calibration"],
+                           "subset_sentences": p["subset_sentences"]}
                           for r, p in zip(rows, points)]}
     # keys sorted: the same bytes whether a point was computed now or read back from points.jsonl
     atomic.write_text(os.path.join(output_dir, "sweep.json"),

@@ -13,9 +13,10 @@ import pytest
 from conftest import command, fairseq_train, run
 
 TEMPERATURES = (0.8, 1.0, 1.6)
-# as in test_generate_calibration.py: every sentence of the 100-sentence valid subset is scored
-GEN = ["--beam", "2", "--batch-size", "32", "--required-batch-size-multiple", "1", "--cpu",
-       "--gen-subset", "valid", "--remove-bpe", "sentencepiece", "--max-len-b", "25", "--seed", "3"]
+# fairseq's default --required-batch-size-multiple (8): stock fairseq drops 4 of the 100 valid
+# sentences, ls-sweep and our generation hook score all 100 (fairseq's batches plus the last one)
+GEN = ["--beam", "2", "--batch-size", "32", "--cpu", "--gen-subset", "valid",
+       "--remove-bpe", "sentencepiece", "--max-len-b", "25", "--seed", "3"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -73,20 +74,32 @@ def test_outputs_table_json_csv_png(swept):
         [(m, t) for m in ("hard", "ls") for t in TEMPERATURES]
     assert summary["sacrebleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|")
     for p in summary["points"]:
-        assert p["tokens"] == p["calibration"]["count"] > 0 and p["sentences"] == 100
+        assert p["tokens"] == p["calibration"]["count"] > 0
+        assert p["sentences"] == p["subset_sentences"] == 100  # every sentence, multiple 8
+        assert p["hypothesis_tokens"] == p["hypothesis_calibration"]["count"] > 0
+        assert [p["ece_low"], p["ece_high"]] == p["calibration"]["intervals"]["ece"]
+        assert p["ece_low"] < p["ece"] < p["ece_high"]
+        assert [p["hypothesis_ece_low"], p["hypothesis_ece_high"]] == \
+            p["hypothesis_calibration"]["intervals"]["ece"]
+        assert p["calibration"]["bootstrap"] == p["hypothesis_calibration"]["bootstrap"] == 200
         assert p["bleu_string"].startswith(f"BLEU = {p['bleu']:.2f} ")
         assert math.isclose(p["nll_base2"], p["nll"] / math.log(2))
     hard = [p for p in summary["points"] if p["model"] == "hard"]
     assert len({p["bleu_string"] for p in hard}) > 1  # the temperature changes the beam search
     assert summary["best"]["hard"]["nll"] == min(hard, key=lambda p: p["nll"])["temperature"]
     assert summary["best"]["hard"]["ece"] == min(hard, key=lambda p: p["ece"])["temperature"]
+    assert summary["best"]["hard"]["hypothesis_ece"] == \
+        min(hard, key=lambda p: p["hypothesis_ece"])["temperature"]
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["model", "T", "BLEU", "NLL", "ECE", "conf", "acc"]
+    assert lines[0].split() == ["model", "T", "BLEU", "NLL", "ECE", "ECE_95%", "hypECE",
+                                "hypECE_95%", "conf", "acc"]
     row = lines[1].split()
     first = summary["points"][0]
     assert row[:3] == ["hard", "0.8", f"{first['bleu']:.2f}"] and row[4] == f"{first['ece']:.4f}"
-    assert re.search(r"^hard: best ECE at T=[0-9.]+, best NLL at T=[0-9.]+, best BLEU at T=[0-9.]+$",
-                     result.stdout, re.M)
+    assert row[5] == f"[{first['ece_low']:.3f},{first['ece_high']:.3f}]"
+    assert row[6] == f"{first['hypothesis_ece']:.4f}"
+    assert re.search(r"^hard: best ECE at T=[0-9.]+, best hypothesis ECE at T=[0-9.]+, best NLL at "
+                     r"T=[0-9.]+, best BLEU at T=[0-9.]+$", result.stdout, re.M)
     assert "sacreBLEU signature: nrefs:1" in result.stdout
     csv_lines = (out / "sweep.csv").read_text().splitlines()
     assert csv_lines[0].startswith("model,temperature,bleu,nll,") and len(csv_lines) == 7
@@ -111,6 +124,13 @@ def test_equals_fairseq_generate_with_calibration_hook(swept, bible, hard_checkp
     assert expected["temperature"] == temperature
     assert_same_calibration(ours["calibration"], expected)
     assert [b["count"] for b in ours["calibration"]["bins"]] == [b["count"] for b in expected["bins"]]
+    # the hypothesis reading of the same beam search, and the same bootstrap replicates
+    assert_same_calibration(ours["hypothesis_calibration"], expected["hypothesis"])
+    assert [b["count"] for b in ours["hypothesis_calibration"]["bins"]] == \
+        [b["count"] for b in expected["hypothesis"]["bins"]]
+    for mine, theirs in ((ours["calibration"], expected),
+                         (ours["hypothesis_calibration"], expected["hypothesis"])):
+        assert mine["intervals"]["ece"] == pytest.approx(theirs["intervals"]["ece"], abs=1e-6)
 
 
 def test_nll_at_t1_equals_fairseq_validate(swept, bible, hard_checkpoint):
@@ -287,6 +307,10 @@ def test_dictionaries_are_compared_by_symbol_when_the_data_path_is_relative(
     (["--temperatures", "1", "--beam", "0"], "--beam"),
     (["--temperatures", "1", "--lenpen", "x"], "--lenpen: must be a number, got 'x'"),
     (["--temperatures", "1", "--seed", "-1"], "--seed: must be an integer >= 0, got -1"),
+    (["--temperatures", "1", "--calibration-bootstrap", "-1"],
+     "--calibration-bootstrap: must be an integer >= 0, got -1"),
+    (["--temperatures", "1", "--calibration-seed", "x"],
+     "--calibration-seed: must be an integer >= 0, got 'x'"),
     (["--temperatures", "1", "--model", "no-label.pt"], "--model: must be LABEL=PATH, got 'no-label.pt'"),
     (["--temperatures", "1", "--model", "ls=x.pt"], "--model: must give each label once, got 'ls' twice"),
     (["--temperatures", "1", "--sacrebleu-tokenizer", "moses"],
@@ -357,8 +381,8 @@ def test_resume_file_survives_a_torn_line(tmp_path):
 def test_temperature_sweep_figure(tmp_path):
     from ls_plugins.plots import temperature_sweep
 
-    rows = [{"model": m, "temperature": t, "bleu": 20 + t, "ece": abs(t - 1) / 10, "nll": 2 + t}
-            for m in ("hard", "ls") for t in (0.5, 1.0, 1.5)]
+    rows = [{"model": m, "temperature": t, "bleu": 20 + t, "ece": abs(t - 1) / 10, "nll": 2 + t,
+             "hypothesis_ece": abs(t - 1.2) / 8} for m in ("hard", "ls") for t in (0.5, 1.0, 1.5)]
     temperature_sweep(rows, str(tmp_path / "fig.png"))
     assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["fig.png"]

@@ -158,7 +158,10 @@ class GenerationCalibration:
         if fitted is not None:
             result["fitted_temperature"] = fitted
         if self.hypothesis is not None:
-            result["hypothesis"] = {"reading": "hypothesis", **self.reading_dict(self.hypothesis)}
+            result["hypothesis"] = {"reading": "hypothesis",
+                                    "nll_and_brier": "of the binary forecast: correct with "
+                                                     "probability = confidence",
+                                    **self.reading_dict(self.hypothesis)}
         return result
 
     def lines(self, temperature: float, total: Optional[int]) -> list[str]:
