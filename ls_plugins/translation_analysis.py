@@ -85,8 +85,9 @@ def build_parser() -> cli.ArgumentParser:
                         help="a checkpoint (e.g. the label-smoothed teacher) whose gamma at T=1 "
                              "on the split is the target")
     match.add_argument("--teacher-data", default=None,
-                       help="directory with the teachers' dictionaries (default: the data "
-                            "directory each checkpoint records)")
+                       help="directory with the dictionaries of --teacher-path and "
+                            "--gamma-from-teacher (default: the data directory each checkpoint "
+                            "records)")
     match.add_argument("--split", default="train", help="split gamma is measured on (default train)")
     match.add_argument("--tol", type=cli.positive_float("--tol"), default=1e-4,
                        help="|gamma(T) - target| allowed (default 1e-4)")

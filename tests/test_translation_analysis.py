@@ -239,3 +239,19 @@ def test_plot_gamma_bad_table_one_line(tmp_path, text, words):
     result = nmt_analysis("plot-gamma", points, "--out", tmp_path / "f.png", check=False)
     one_error_line(result, "ls-nmt-analysis plot-gamma: error:", *words)
     assert not (tmp_path / "f.png").exists()
+
+
+def test_sample_positions_caps_each_token_reproducibly():
+    """At most the cap per token, drawn from that token's rows (all rows when fewer), the same
+    rows for the same seed and others for another seed."""
+    from ls_plugins.decoder_states import sample_positions
+
+    tokens = torch.tensor([5] * 50 + [7] * 3 + [9] * 20)
+    positions = torch.stack([torch.arange(73) // 4, torch.arange(73) % 4, tokens], dim=1)
+    drawn = sample_positions(positions, [9, 5, 7], 10, seed=1)
+    assert [int((drawn[:, 2] == t).sum()) for t in (5, 7, 9)] == [10, 3, 10]
+    rows = {tuple(r) for r in positions.tolist()}
+    assert all(tuple(r) in rows for r in drawn.tolist()) and len({tuple(r) for r in drawn.tolist()}) == 23
+    assert torch.equal(drawn, sample_positions(positions, [9, 5, 7], 10, seed=1))
+    assert not torch.equal(drawn, sample_positions(positions, [9, 5, 7], 10, seed=2))
+    assert torch.equal(sample_positions(positions, [5, 7, 9], None, seed=1), positions)
