@@ -54,7 +54,7 @@ def test_sentence_avg_and_ignore_prefix_size_match_fairseq(fairseq_model):
         full_loss, _, _ = criterion(task, "smoothed_ce", label_smoothing=0.1)(model, sample)
     assert size == ref_size == sample["target"].size(0)  # sentences, not tokens
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-3)
-    torch.testing.assert_close(log["nll_loss"], ref_loss.new_tensor(ref_log["nll_loss"]),
+    torch.testing.assert_close(log["nll_loss"], torch.as_tensor(ref_log["nll_loss"], dtype=ref_loss.dtype),
                                rtol=1e-6, atol=1e-4)
     assert (log["n_correct"], log["total"]) == (ref_log["n_correct"], ref_log["total"])
     assert log["total"] == int(sample["target"][:, 2:].ne(task.target_dictionary.pad()).sum())
