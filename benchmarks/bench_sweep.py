@@ -15,8 +15,9 @@ Claims, measured side by side in one run (one JSON line each):
    ratio falls with the model width.
 2. A whole sweep, N temperatures x 1 model (``ls-sweep``) <= 0.6x the time of N separate
    generation runs ``fairseq-generate --temperature T --task translation_calibration --scoring
-   calibration`` with the same work (same data, beam, batching and length limits; the reference
-   reading only, without bootstrap intervals, as the sweep computes it), wall time, against two
+   calibration`` with the same work (same data, beam, batching and length limits; BLEU and both
+   readings of calibration, reference and hypothesis, with ``--bootstrap`` replicates over
+   sentences, 200 by default as both commands default to, same seed), wall time, against two
    baselines:
 
    - *commands*: ``ls-sweep`` and the N ``fairseq-generate`` commands as users run them, each a
@@ -38,7 +39,7 @@ Claims, measured side by side in one run (one JSON line each):
 
 Usage: python benchmarks/bench_sweep.py [--sizes toy,demo] [--baselines commands,in-process]
        [--workdir DIR] [--threads 1] [--repeats 5] [--rounds 3] [--demo-rounds 2]
-       [--demo-temperatures 0.5,1,2] [--demo-work work/bench]
+       [--demo-temperatures 0.5,1,2] [--demo-work work/bench] [--bootstrap 200]
 """
 from __future__ import annotations
 
@@ -146,24 +147,22 @@ def teacher_forced_claim(toy: tuple[Path, Path], demo: tuple[Path, Path] | None,
              warmup=1)
 
 
-def same_work_options() -> list[str]:
-    """The calibration task's options that make fairseq-generate compute what a sweep point holds:
-    the reference reading only, no bootstrap intervals (those of them this version has)."""
-    from ls_plugins.tasks.translation_calibration import TranslationCalibrationConfig
+# What a sweep point holds, computed on both sides: BLEU, the reference and the hypothesis
+# readings of calibration at T, with bootstrap intervals over sentences (same replicates: same
+# seed).  ``--bootstrap`` sets the replicates of both.
+BOOTSTRAP = {"replicates": 200}
 
-    fields = TranslationCalibrationConfig.__dataclass_fields__
-    options = []
-    if "calibration_mode" in fields:
-        options += ["--calibration-mode", "reference"]
-    if "calibration_bootstrap" in fields:
-        options += ["--calibration-bootstrap", "0"]
-    return options
+
+def same_work_options() -> list[str]:
+    """fairseq-generate's calibration options that make it compute what a sweep point holds."""
+    return ["--calibration-mode", "both", "--calibration-bootstrap", str(BOOTSTRAP["replicates"]),
+            "--calibration-seed", "0"]
 
 
 def generate_argv(data: Path, checkpoint: Path, gen: list[str], temperature: float,
                   json_path: Path) -> list[str]:
-    """fairseq-generate doing the work of one sweep point: beam search at T, sacreBLEU, and the
-    reference reading of calibration at T."""
+    """fairseq-generate doing the work of one sweep point: beam search at T, sacreBLEU, and both
+    readings of calibration at T with their intervals."""
     return [str(data), "--user-dir", str(REPO / "ls_plugins"), "--path", str(checkpoint), *gen,
             "--temperature", str(temperature), "--task", "translation_calibration",
             "--scoring", "calibration", *same_work_options(), "--calibration-json", str(json_path)]
@@ -173,6 +172,7 @@ def sweep_argv(data: Path, checkpoint: Path, gen: list[str], temperatures, batch
                output_dir: str) -> list[str]:
     return [str(data), "--model", f"m={checkpoint}", *gen,
             "--temperatures", ",".join(map(str, temperatures)), "--temperature-batch", str(batch),
+            "--calibration-bootstrap", str(BOOTSTRAP["replicates"]), "--calibration-seed", "0",
             "--no-progress-bar", "--output-dir", output_dir]
 
 
@@ -249,6 +249,7 @@ def sweep_claim(size: str, data: Path, checkpoint: Path, gen: list[str], tempera
                  model=model_name, temperatures=temperatures, options=" ".join(gen),
                  generate_options="--task translation_calibration --scoring calibration "
                                   + " ".join(same_work_options()),
+                 bootstrap_both_sides=BOOTSTRAP["replicates"],
                  rounds=rounds, warmup=("each side once on the toy model and data" if warmup_on
                                         else "each side once, first temperature only"),
                  omp_threads=threads)
@@ -270,7 +271,10 @@ def main() -> None:
     parser.add_argument("--demo-work", type=Path, default=BENCH_WORK,
                         help="the demo-size corpus and model (built there if absent)")
     parser.add_argument("--skip-teacher-forced", action="store_true", help="only claim 2")
+    parser.add_argument("--bootstrap", type=int, default=200,
+                        help="bootstrap replicates of claim 2, both sides")
     args = parser.parse_args()
+    BOOTSTRAP["replicates"] = args.bootstrap
     sizes = [s for s in args.sizes.split(",") if s]
     baselines = [b for b in args.baselines.split(",") if b]
     if set(sizes) - {"toy", "demo"} or set(baselines) - {"commands", "in-process"} or not baselines:
