@@ -376,7 +376,9 @@ class CalibrationStats:
 
     def to_dict(self, level: float = 0.95) -> dict:
         """Every metric, JSON-ready; with ``bootstrap``, ``intervals[metric] = [low, high]`` at
-        ``interval_level``."""
+        ``interval_level`` and ``replicates[metric]``: the metric in each replicate (``None`` for
+        an empty one), so that two runs scored on the same groups with the same seed can be
+        paired later (:func:`paired_replicate_interval`)."""
         def finite(x: float):
             return x if math.isfinite(x) else None
         result = {
@@ -393,7 +395,9 @@ class CalibrationStats:
         if self.bootstrap:
             result.update(bootstrap=self.bootstrap, seed=self.seed,
                           interval_level=check_open_unit("level", level),
-                          intervals={m: [finite(x) for x in self.interval(m, level)] for m in METRICS})
+                          intervals={m: [finite(x) for x in self.interval(m, level)] for m in METRICS},
+                          replicates={m: [finite(x) for x in self.replicate_values(m).tolist()]
+                                      for m in METRICS})
         result["bins"] = self.bins()
         return result
 
@@ -422,4 +426,18 @@ def paired_interval(a: CalibrationStats, b: CalibrationStats, metric: str = "ece
             raise bad_value("b", f"must be paired with a: same {name} ({getattr(a, name)})",
                             getattr(b, name))
     difference = a.replicate_values(metric) - b.replicate_values(metric)
+    return percentile_interval(difference, check_open_unit("level", level))
+
+
+def paired_replicate_interval(a: dict, b: dict, metric: str = "ece",
+                              level: float = 0.95) -> tuple[float, float]:
+    """:func:`paired_interval` from two :meth:`CalibrationStats.to_dict` results (JSON files):
+    the percentile interval of ``replicates[metric]`` of ``a`` minus those of ``b``, replicate by
+    replicate.  Both must hold replicates of the same ``bootstrap`` and ``seed``."""
+    for name in ("bootstrap", "seed"):
+        if a.get(name) is None or a.get(name) != b.get(name):
+            raise bad_value("b", f"must be paired with a: same {name} ({a.get(name)})", b.get(name))
+    nan = float("nan")
+    values = [[nan if x is None else x for x in d["replicates"][metric]] for d in (a, b)]
+    difference = torch.tensor(values[0], dtype=torch.float64) - torch.tensor(values[1], dtype=torch.float64)
     return percentile_interval(difference, check_open_unit("level", level))

@@ -7,7 +7,7 @@ import torch
 
 from ls_plugins.bootstrap import poisson_weights
 from ls_plugins.calibration import (METRICS, CalibrationStats, paired_interval,
-                                    update_at_temperatures)
+                                    paired_replicate_interval, update_at_temperatures)
 
 
 def grouped_predictions(seed, n=600, k=5, group_size=7, scale=2.0):
@@ -227,6 +227,28 @@ def test_to_dict_and_summary_report_the_intervals():
     low, high = stats.ece_interval()
     assert f"ECE {stats.ece():.4f} [{low:.4f}, {high:.4f}] |" in stats.summary()
     assert "intervals" not in CalibrationStats(10).to_dict()
+
+
+def test_paired_interval_from_json_results_equals_the_one_from_the_statistics():
+    """Two runs written to JSON and read back later (the demo's report) pair replicate by
+    replicate; an empty replicate (None in JSON) is left out, not taken as 0."""
+    import json
+    logits, target, groups = grouped_predictions(8, n=300)
+    a, b = CalibrationStats(10, bootstrap=40, seed=2), CalibrationStats(10, bootstrap=40, seed=2)
+    a.update(logits, target, groups=groups)
+    b.update(logits * 0.5, target, groups=groups)
+    a_json, b_json = (json.loads(json.dumps(s.to_dict())) for s in (a, b))
+    for metric in ("ece", "nll", "accuracy"):
+        assert paired_replicate_interval(a_json, b_json, metric, 0.9) == pytest.approx(
+            paired_interval(a, b, metric, 0.9), rel=1e-12)
+    a_json["replicates"]["ece"][0] = None
+    difference = np.array(a_json["replicates"]["ece"][1:]) - np.array(b_json["replicates"]["ece"][1:])
+    assert paired_replicate_interval(a_json, b_json) == pytest.approx(
+        tuple(np.percentile(difference, [2.5, 97.5])), rel=1e-12)
+    c = CalibrationStats(10, bootstrap=40, seed=3)
+    c.update(logits, target, groups=groups)
+    with pytest.raises(ValueError, match="same seed"):
+        paired_replicate_interval(a_json, c.to_dict())
 
 
 def test_stats_rebuilt_from_summed_sums_keep_their_replicates():
