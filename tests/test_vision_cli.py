@@ -109,6 +109,12 @@ BAD_INPUT = {
     "eval batch size 0": (["--eval-batch-size", "0"], "--eval-batch-size: must be an integer >= 1, got 0"),
     "workers negative": (["--workers", "-1"], "--workers: must be an integer >= 0, got -1"),
     "bins 0": (["--calibration-bins", "0"], "--calibration-bins: must be an integer >= 1, got 0"),
+    "bootstrap negative": (["--calibration-bootstrap", "-1"],
+                           "--calibration-bootstrap: must be an integer >= 0, got -1"),
+    "bootstrap not an integer": (["--calibration-bootstrap", "1.5"],
+                                 "--calibration-bootstrap: must be an integer >= 0, got 1.5"),
+    "calibration seed negative": (["--calibration-seed", "-1"], "--calibration-seed: must be an integer >= 0, got -1"),
+    "calibration seed a word": (["--calibration-seed", "abc"], "--calibration-seed: must be an integer >= 0, got 'abc'"),
     "seed negative": (["--seed", "-1"], "--seed: must be an integer >= 0, got -1"),
     "val-size 0": (["--val-size", "0"], "--val-size: must be an integer >= 1, got 0"),
     "val-size all of cifar": (["--dataset", "cifar10", "--model", "resnet20", "--val-size", "50000"],
@@ -225,6 +231,10 @@ BAD_INPUT = {
                               "--teacher: must equal the checkpoint's none when resuming, got {good}"),
     "test-only with another alpha": (["--resume", "{ckpt}", "--test-only", "--label-smoothing", "0.2"],
                                      "--label-smoothing: must equal the checkpoint's 0.1 when resuming, got 0.2"),
+    "resume with another bootstrap": (["--resume", "{ckpt}", "--calibration-bootstrap", "50"],
+                                      "--calibration-bootstrap: must equal the checkpoint's 200 when resuming, got 50"),
+    "resume with another calibration seed": (["--resume", "{ckpt}", "--calibration-seed", "1"],
+                                             "--calibration-seed: must equal the checkpoint's 0 when resuming, got 1"),
     # --match-gamma (distillation at equal gamma)
     "gamma 0": (["--teacher", "{good}", "--match-gamma", "0"], "--match-gamma: must be in (0, 1), got 0.0"),
     "gamma 1": (["--teacher", "{good}", "--match-gamma", "1"], "--match-gamma: must be in (0, 1), got 1.0"),
@@ -349,8 +359,10 @@ def test_resume_without_run_options_takes_the_checkpoints(files, tmp_path):
     # --test-only may evaluate on another split layout
     args, _ = command_line.parse(command_line.get_args_parser(),
                                  ["--resume", files["ckpt"], "--test-only", "--calibration-bins", "10",
+                                  "--calibration-bootstrap", "0", "--calibration-seed", "5",
                                   "--output-dir", str(tmp_path / "x")])
     assert args.calibration_bins == 10 and args.lr == 0.02
+    assert (args.calibration_bootstrap, args.calibration_seed) == (0, 5)
 
 
 def test_missing_cifar_is_a_one_line_error_naming_data_dir(files, tmp_path, capsys, monkeypatch):

@@ -36,10 +36,12 @@ RUN_OPTIONS = {
     "distill_temperature": "--distill-temperature", "distill_weight": "--distill-weight",
     "match_gamma": "--match-gamma", "mi_every": "--mi-every", "mi_classes": "--mi-classes",
     "mi_examples": "--mi-examples", "mi_augmentations": "--mi-augmentations",
-    "calibration_bins": "--calibration-bins", "seed": "--seed",
+    "calibration_bins": "--calibration-bins", "calibration_bootstrap": "--calibration-bootstrap",
+    "calibration_seed": "--calibration-seed", "seed": "--seed",
 }
 # What --test-only may change: it evaluates the checkpoint, perhaps on another compatible split.
-EVALUATION_OPTIONS = ("dataset", "val_size", "calibration_bins")
+EVALUATION_OPTIONS = ("dataset", "val_size", "calibration_bins", "calibration_bootstrap",
+                      "calibration_seed")
 # Options whose default depends on another option: dest -> (that option's dest, {its value:
 # default}); for other values of that option the option does not apply (and stays None).
 DEPENDENT_DEFAULTS = {
@@ -229,6 +231,14 @@ def get_args_parser() -> cli.ArgumentParser:
     parser.add_argument("--calibration-bins", type=integer("--calibration-bins", 1),
                         default=calibration.DEFAULT_BINS,
                         help="equal-width confidence bins of ECE and the reliability diagram")
+    parser.add_argument("--calibration-bootstrap", type=integer("--calibration-bootstrap", 0),
+                        default=200, metavar="B",
+                        help="Poisson bootstrap replicates over images for the 95%% intervals of "
+                             "the final evaluation (metrics.json final; 0: none); the per-epoch "
+                             "evaluations have no intervals")
+    parser.add_argument("--calibration-seed", type=integer("--calibration-seed", 0), default=0,
+                        help="seed of the bootstrap weights: runs evaluated on the same split "
+                             "with the same seed get paired replicates")
     parser.add_argument("--seed", type=integer("--seed", 0), default=0,
                         help="initialisation, shuffling, augmentation")
     parser.add_argument("--deterministic", action="store_true",
@@ -249,7 +259,7 @@ def get_args_parser() -> cli.ArgumentParser:
                              "values, and giving one with another value is an error")
     parser.add_argument("--test-only", action="store_true",
                         help="only evaluate the --resume checkpoint (--dataset, --val-size and "
-                             "--calibration-bins may then differ from the checkpoint's)")
+                             "the --calibration-* options may then differ from the checkpoint's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     return parser
 

@@ -85,14 +85,19 @@ def any_process(flag: Tensor) -> bool:
 
 def all_reduce_stats(stats: calibration.CalibrationStats,
                      device: torch.device) -> calibration.CalibrationStats:
-    """Sum the float64 per-bin counts, confidence and correct sums, NLL and Brier sums over
-    processes: the merged statistics are exact, never an average of per-process metrics."""
+    """Sum the float64 per-bin counts, confidence and correct sums, NLL and Brier sums, and the
+    bootstrap replicate tables (``replicate_sums``, B x (3 n_bins + 2)) over processes: the
+    merged statistics and intervals are exact, never an average of per-process metrics.  The
+    processes must have scored disjoint groups (images) with the same seed."""
     n = stats.n_bins
     packed = torch.cat([stats.counts, stats.conf_sums, stats.correct_sums,
-                        torch.tensor([stats.nll_sum, stats.brier_sum], dtype=torch.float64)])
+                        torch.tensor([stats.nll_sum, stats.brier_sum], dtype=torch.float64),
+                        stats.replicate_sums.reshape(-1)])
     packed = all_reduce_sum(packed, device)
+    replicates = packed[3 * n + 2:].view_as(stats.replicate_sums) if stats.bootstrap else None
     return calibration.CalibrationStats.from_sums(packed[:n], packed[n:2 * n], packed[2 * n:3 * n],
-                                                  float(packed[3 * n]), float(packed[3 * n + 1]))
+                                                  float(packed[3 * n]), float(packed[3 * n + 1]),
+                                                  replicate_sums=replicates, seed=stats.seed)
 
 
 def gather_objects(value, world_size: int) -> list:

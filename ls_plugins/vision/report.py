@@ -11,7 +11,7 @@ import math
 import os
 from typing import Optional
 
-from ls_plugins import cli
+from ls_plugins import calibration, cli
 from ls_plugins.atomic import write_json
 
 PROG = "ls-vision"
@@ -75,6 +75,27 @@ def epoch_line(record: dict, epochs: int, distilling: bool) -> str:
     return line + f" | {record['train_images_per_second']:.0f} img/s"
 
 
+def with_interval(value: float, interval: list) -> str:
+    """``0.0552 [0.0490, 0.0611]`` (``nan`` for a missing bound)."""
+    low, high = (float("nan") if x is None else x for x in interval)
+    return f"{value:.4f} [{low:.4f}, {high:.4f}]"
+
+
+def ece_interval_lines(final: dict) -> list[str]:
+    """The test ECE at T = 1 and at T* with their bootstrap intervals, and the paired interval
+    of their difference (both scored the same images with the same weights); none without
+    ``--calibration-bootstrap``."""
+    test, scaled = final["test"], final["test_scaled"]
+    if "intervals" not in test:
+        return []
+    difference = calibration.paired_replicate_interval(test, scaled, "ece", test["interval_level"])
+    return [f"test ECE, {test['interval_level']:.0%} intervals (bootstrap over the {test['count']} "
+            f"images, {test['bootstrap']} replicates, seed {test['seed']}):",
+            f"  T=1 {with_interval(test['ece'], test['intervals']['ece'])} | "
+            f"T*={final['temperature']:.3f} {with_interval(scaled['ece'], scaled['intervals']['ece'])} | "
+            f"T=1 minus T* (paired) {with_interval(test['ece'] - scaled['ece'], difference)}"]
+
+
 def summary(metrics: dict, output_dir: str, seconds: float) -> str:
     """One screen: the final test metrics at T = 1 and at T*, and where the outputs are."""
     final, run_args = metrics["final"], metrics["args"]
@@ -87,6 +108,7 @@ def summary(metrics: dict, output_dir: str, seconds: float) -> str:
         stats = final[key]
         lines.append(f"{name:22}{stats['accuracy']:10.4f}{stats['nll']:9.4f}{stats['ece']:9.4f}"
                      f"{stats['mce']:9.4f}{stats['confidence']:9.4f}")
+    lines.extend(ece_interval_lines(final))
     lines.append(f"validation: accuracy {final['val_accuracy']:.4f}, NLL {final['val_nll']:.4f}; "
                  f"T* fitted on {final['val']['count']} validation images")
     if final.get("teacher_gamma") is not None:

@@ -15,6 +15,9 @@ accuracy, NLL, ECE and MCE of the test split at T = 1; the temperature
 ``T* = argmin_T NLL(softmax(z / T))`` fitted on the validation split; test ECE and NLL at ``T*``;
 when distilling, the teacher's equivalent smoothing
 ``gamma = E[sum_k (1 - y_k) p^t_k(T) K / (K - 1)]`` over the (augmented) training images.
+The final evaluation (after the last epoch, or ``--test-only``) also has 95% intervals: a
+Poisson bootstrap over images (``--calibration-bootstrap`` replicates, ``--calibration-seed``;
+:mod:`.evaluation`).
 
 Measured once before training (:mod:`.probes`): with ``--teacher``, the teacher's gamma over the
 training split without augmentation (``--match-gamma``: the temperature is first bisected so
@@ -128,7 +131,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     with non_finite_errors(parser, rank):
         result = train_epochs(run, teacher, probe, loaders, splits, args, device, metrics, rank)
         if result is None:  # --test-only, or resuming a run that has finished
-            result = evaluate_splits(run.module, loaders.val, loaders.test, args, device)
+            result = evaluate_splits(run.module, loaders.val, loaders.test, args, device,
+                                     bootstrap=args.calibration_bootstrap)
     if rank == 0:
         report.write_final_outputs(metrics, result, args.output_dir,
                                    f"{args.model} / {args.dataset} (test)", time.perf_counter() - started)
@@ -290,7 +294,9 @@ def train_epochs(run: Run, teacher: Optional[nn.Module],
                                       args, device, epoch + 1, show_progress))
         run.scheduler.step()
         eval_start = time.perf_counter()
-        result = evaluate_splits(run.module, loaders.val, loaders.test, args, device)
+        last = epoch + 1 == args.epochs  # the final evaluation: with bootstrap intervals
+        result = evaluate_splits(run.module, loaders.val, loaders.test, args, device,
+                                 bootstrap=args.calibration_bootstrap if last else 0)
         record.update(report.flat_metrics(result))
         record["eval_seconds"] = time.perf_counter() - eval_start
         if probe is not None and probe.due(epoch + 1):
