@@ -38,8 +38,17 @@ test: install system-deps
 test-all: install system-deps
 	$(PY) -m pytest -q -m "" tests
 
+# make demo: the full demo into work/demo (about 40 minutes on 2 CPU cores); make demo QUICK=1:
+# every stage at toy size into work/demo-quick (a few minutes; checks the pipeline only).
+ifneq ($(filter demo,$(MAKECMDGOALS)),)
+ifneq ($(filter-out 0 1,$(QUICK)),)
+$(error QUICK: 0 or 1, got $(QUICK))
+endif
+endif
+DEMO_ARGS := $(if $(filter 1,$(QUICK)),work/demo-quick --preset quick,work/demo --preset full)
+
 demo: install system-deps
-	PATH="$(abspath $(VENV))/bin:$$PATH" bash examples/translation/bible/demo.sh work/demo
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) scripts/demo.py $(DEMO_ARGS)
 
 bench: install
 	for b in benchmarks/*.py; do PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) $$b || exit 1; done

@@ -46,6 +46,7 @@ class Preset:
     model: tuple                  # fairseq-train architecture options of the two translation models
     max_epoch: int
     max_update: int               # 0: no limit
+    max_len: tuple                # beam search's maximum length: a * source length + b
     sweep_temperatures: str
     bootstrap: int                # Poisson bootstrap replicates of every interval
     student: tuple                # distilled students' architecture
@@ -70,13 +71,15 @@ def transformer(layers: int, dim: int, ffn: int, heads: int) -> tuple:
 PRESETS = {
     "full": Preset(train_size="all", eval_size=500, vocab_size=4000,
                    model=transformer(3, 256, 512, 4), max_epoch=5, max_update=0,
+                   max_len=("--max-len-a", 1.2, "--max-len-b", 10),
                    sweep_temperatures="0.6,0.8,1,1.2,1.4", bootstrap=200,
                    student=transformer(2, 128, 256, 4), student_epochs=4, topk=8,
                    projection_per_token=300, fashion_epochs=5, mi_examples=600,
                    fig5_alphas=(0.1, 0.3), fig5_teacher_epochs=6, fig5_student_epochs=4,
                    digits_epochs=40),
-    "quick": Preset(train_size="1500", eval_size=100, vocab_size=1000,
+    "quick": Preset(train_size="1500", eval_size=60, vocab_size=1000,
                     model=transformer(1, 64, 128, 2), max_epoch=1, max_update=40,
+                    max_len=("--max-len-a", 0, "--max-len-b", 20),  # untrained: short
                     sweep_temperatures="0.8,1,1.2", bootstrap=50,
                     student=transformer(1, 32, 64, 2), student_epochs=1, topk=4,
                     projection_per_token=50, fashion_epochs=1, mi_examples=100,
@@ -86,7 +89,7 @@ PRESETS = {
 SEED = 1                 # training seeds and the bootstrap seed shared by every interval
 BEAM = 4
 GENERATION = ("--beam", BEAM, "--max-tokens", 6000, "--required-batch-size-multiple", 1,
-              "--max-len-a", 1.2, "--max-len-b", 10, "--remove-bpe", "sentencepiece", "--cpu")
+              "--remove-bpe", "sentencepiece", "--cpu")
 MLP = ("--dataset", "fashion-mnist", "--model", "mlp", "--optimizer", "adam", "--lr", 0.001,
        "--lr-scheduler", "step", "--batch-size", 128)
 
@@ -244,7 +247,7 @@ class Demo:
         log = self.work / "logs" / f"{log_name}.log"
         args = ["fairseq-generate", self.data, "--user-dir", "ls_plugins",
                 "--task", "translation_calibration", "--scoring", "calibration",
-                "--path", checkpoint, "--gen-subset", "test", *GENERATION,
+                "--path", checkpoint, "--gen-subset", "test", *GENERATION, *self.p.max_len,
                 "--temperature", temperature, "--calibration-mode", "both",
                 "--calibration-bootstrap", self.p.bootstrap, "--calibration-seed", SEED,
                 "--calibration-json", out.with_suffix(".json"),
@@ -274,7 +277,7 @@ class Demo:
         self.command("sweep", "ls-sweep", self.data, "--model", f"hard={self.checkpoint('hard')}",
                      "--model", f"ls={self.checkpoint('ls')}",
                      "--temperatures", self.p.sweep_temperatures, "--gen-subset", "test",
-                     "--beam", BEAM, "--max-len-a", 1.2, "--max-len-b", 10,
+                     "--beam", BEAM, *self.p.max_len,
                      "--remove-bpe", "sentencepiece", "--max-tokens", 6000,
                      "--calibration-bootstrap", self.p.bootstrap, "--calibration-seed", SEED,
                      "--cpu", "--output-dir", self.work / "translation" / "sweep")
