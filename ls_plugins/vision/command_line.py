@@ -236,7 +236,7 @@ def get_args_parser() -> cli.ArgumentParser:
                         help="Poisson bootstrap replicates over images for the 95%% intervals of "
                              "the final evaluation (metrics.json final; 0: none); the per-epoch "
                              "evaluations have no intervals")
-    parser.add_argument("--calibration-seed", type=integer("--calibration-seed", 0), default=0,
+    parser.add_argument("--calibration-seed", type=integer("--calibration-seed", 0), default=0, metavar="S",
                         help="seed of the bootstrap weights: runs evaluated on the same split "
                              "with the same seed get paired replicates")
     parser.add_argument("--seed", type=integer("--seed", 0), default=0,
