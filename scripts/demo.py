@@ -53,7 +53,8 @@ class Preset:
     student_epochs: int
     topk: int                     # teacher cache: classes kept per position
     projection_per_token: int
-    fashion_epochs: int
+    fashion_epochs: int           # the calibration pair (no augmentation)
+    mi_epochs: int                # the mutual-information pair (random shifts)
     mi_examples: int
     fig5_alphas: tuple
     fig5_teacher_epochs: int
@@ -70,20 +71,20 @@ def transformer(layers: int, dim: int, ffn: int, heads: int) -> tuple:
 
 PRESETS = {
     "full": Preset(train_size="all", eval_size=500, vocab_size=4000,
-                   model=transformer(3, 256, 512, 4), max_epoch=5, max_update=0,
+                   model=transformer(3, 256, 512, 4), max_epoch=4, max_update=0,
                    max_len=("--max-len-a", 1.2, "--max-len-b", 10),
-                   sweep_temperatures="0.6,0.8,1,1.2,1.4", bootstrap=200,
+                   sweep_temperatures="0.7,0.85,1,1.15,1.3,1.5", bootstrap=200,
                    student=transformer(2, 128, 256, 4), student_epochs=4, topk=8,
-                   projection_per_token=300, fashion_epochs=5, mi_examples=600,
-                   fig5_alphas=(0.1, 0.3), fig5_teacher_epochs=6, fig5_student_epochs=4,
+                   projection_per_token=300, fashion_epochs=8, mi_epochs=4, mi_examples=600,
+                   fig5_alphas=(0.15, 0.3), fig5_teacher_epochs=8, fig5_student_epochs=4,
                    digits_epochs=40),
     "quick": Preset(train_size="1500", eval_size=60, vocab_size=1000,
                     model=transformer(1, 64, 128, 2), max_epoch=1, max_update=40,
                     max_len=("--max-len-a", 0, "--max-len-b", 20),  # untrained: short
                     sweep_temperatures="0.8,1,1.2", bootstrap=50,
                     student=transformer(1, 32, 64, 2), student_epochs=1, topk=4,
-                    projection_per_token=50, fashion_epochs=1, mi_examples=100,
-                    fig5_alphas=(0.1,), fig5_teacher_epochs=1, fig5_student_epochs=1,
+                    projection_per_token=50, fashion_epochs=1, mi_epochs=1, mi_examples=100,
+                    fig5_alphas=(0.3,), fig5_teacher_epochs=1, fig5_student_epochs=1,
                     digits_epochs=3),
 }
 SEED = 1                 # training seeds and the bootstrap seed shared by every interval
@@ -121,15 +122,17 @@ class Demo:
              lambda: self.train_translation("ls", 0.1)),
             ("generate", "translation: fairseq-generate with both calibration readings, "
              "intervals, fitted T", self.generate_stage),
-            ("sweep", "translation: ls-sweep over beam-search temperatures (Fig. 4)",
+            ("sweep", "translation: ls-sweep over beam-search temperatures on valid (Fig. 4)",
              self.sweep_stage),
-            ("best-temperature", "translation: fairseq-generate at each model's BLEU-best T",
+            ("best-temperature", "translation: fairseq-generate on test at each model's "
+             "BLEU-best T on valid",
              self.best_temperature_stage),
             ("distill", "translation: students of each teacher at equal gamma (Fig. 5)",
              self.distill_stage),
             ("projection", "translation: decoder states at three frequent tokens (Fig. 1)",
              self.translation_projection_stage),
-            ("fashion", "vision: Fashion-MNIST MLP, alpha 0 and 0.05, MI probe (Fig. 1, 2, 6)",
+            ("fashion", "vision: Fashion-MNIST MLPs: alpha 0 and 0.05 (Fig. 1, 2), MI probe "
+             "(Fig. 6)",
              self.fashion_stage),
             ("fig5", "vision: reduced Fig. 5 on Fashion-MNIST (teachers, students at equal gamma)",
              self.fig5_stage),
@@ -167,7 +170,7 @@ class Demo:
         progress lines (and every line of our own commands) are shown.  A failure stops the demo
         naming the log."""
         args = [str(a) for a in args]
-        log_path = self.work / "logs" / f"{log_name}.log"
+        log_path = self.work / "logs" / f"{log_name.replace('/', '-')}.log"
         shown = FAIRSEQ_PROGRESS if args[0].startswith("fairseq") else None
         with open(log_path, "ab") as log:
             log.write(("$ " + " ".join(args) + "\n").encode())
@@ -276,15 +279,17 @@ class Demo:
     def sweep_stage(self) -> None:
         self.command("sweep", "ls-sweep", self.data, "--model", f"hard={self.checkpoint('hard')}",
                      "--model", f"ls={self.checkpoint('ls')}",
-                     "--temperatures", self.p.sweep_temperatures, "--gen-subset", "test",
+                     "--temperatures", self.p.sweep_temperatures, "--gen-subset", "valid",
+                     "--temperature-batch", len(self.p.sweep_temperatures.split(",")),
                      "--beam", BEAM, *self.p.max_len,
                      "--remove-bpe", "sentencepiece", "--max-tokens", 6000,
                      "--calibration-bootstrap", self.p.bootstrap, "--calibration-seed", SEED,
                      "--cpu", "--output-dir", self.work / "translation" / "sweep")
 
     def best_temperature_stage(self) -> None:
-        """Each model's translations at the T of its best BLEU in the sweep (for the paired BLEU
-        interval of claim 3); a model whose best T is 1 reuses its generate output."""
+        """Each model's test translations at the T of its best BLEU in the sweep on valid (for
+        the paired BLEU interval of claim 3); a model whose best T is 1 reuses its generate
+        output."""
         generated = self.work / "translation" / "generate"
         for name, best in best_bleu_temperatures(self.work / "translation" / "sweep").items():
             out = generated / f"{name}-best-bleu"
@@ -327,6 +332,7 @@ class Demo:
                           distill / f"student-of-{teacher}")
 
     def translation_projection_stage(self) -> None:
+        (self.work / "translation" / "projection").mkdir(parents=True, exist_ok=True)
         self.command("projection", "ls-nmt-analysis", "project", self.data,
                      "--model", f"hard={self.checkpoint('hard')}",
                      "--model", f"ls={self.checkpoint('ls')}", "--tokens", "the,of,and",
@@ -339,23 +345,31 @@ class Demo:
         """``ls-vision`` into vision/RUN; continues from its checkpoint.pt if interrupted."""
         out = self.work / "vision" / run
         resume = ("--resume", out / "checkpoint.pt") if (out / "checkpoint.pt").exists() else ()
-        self.command(f"vision-{run.replace('/', '-')}", "ls-vision", "--data-dir", FASHION_DIR,
+        self.command(f"vision-{run}", "ls-vision", "--data-dir", FASHION_DIR,
                      "--output-dir", out, "--seed", SEED, "--calibration-bootstrap",
                      self.p.bootstrap, "--calibration-seed", SEED, *resume, *options)
 
     def fashion_stage(self) -> None:
+        """Calibration and the projection from MLPs trained without augmentation (the
+        over-confident regime of paper Table 3); the mutual information from a second pair
+        trained with random shifts (the probe's source of randomness) and alpha = 0.1."""
         vision = self.work / "vision" / "fashion"
+        mlp = (*MLP, "--mlp-depth", 2, "--mlp-width", 512)
         for alpha in (0, 0.05):
-            self.ls_vision(f"fashion/mlp-ls{alpha}", *MLP, "--mlp-depth", 2, "--mlp-width", 512,
-                           "--epochs", self.p.fashion_epochs, "--no-augment",
-                           "--label-smoothing", alpha, "--mi-every", 1, "--mi-classes", "0,6",
-                           "--mi-examples", self.p.mi_examples, "--mi-augmentations", 8)
+            self.ls_vision(f"fashion/mlp-ls{alpha}", *mlp, "--epochs", self.p.fashion_epochs,
+                           "--no-augment", "--label-smoothing", alpha)
+        for alpha in (0, 0.1):
+            self.ls_vision(f"fashion/mi-ls{alpha}", *mlp, "--epochs", self.p.mi_epochs,
+                           "--augment", "--label-smoothing", alpha, "--mi-every", 1,
+                           "--mi-classes", "0,6", "--mi-examples", self.p.mi_examples,
+                           "--mi-augmentations", 8)
         runs = [vision / "mlp-ls0", vision / "mlp-ls0.05"]
         self.command("fashion-plots", "ls-vision", "plot", *runs,
                      "--out", vision / "reliability.png", "--title", "MLP / Fashion-MNIST (test)")
         self.command("fashion-plots", "ls-vision", "project", *runs, "--classes", "0,2,6",
                      "--max-per-class", 300, "--out", vision / "fig1.png")
-        self.command("fashion-plots", "ls-vision", "plot-mi", *runs, "--out", vision / "fig6.png")
+        self.command("fashion-plots", "ls-vision", "plot-mi", vision / "mi-ls0",
+                     vision / "mi-ls0.1", "--out", vision / "fig6.png")
 
     def fig5_stage(self) -> None:
         fig5 = self.work / "vision" / "fig5"

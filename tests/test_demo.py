@@ -69,6 +69,7 @@ def json_numbers(value, found: list) -> list:
 def decimals_in_report(text: str) -> list[str]:
     """Every number with a decimal point in the report (measured values, settings, times)."""
     text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", "", text)  # the date it was written
+    text = re.sub(r"\d+(\.\d+){2,}", "", text)  # versions (strings in settings.json)
     return re.findall(r"\d+\.\d+", text)
 
 
@@ -84,28 +85,52 @@ def test_quick_demo_writes_every_output_and_reports_only_numbers_of_its_json(tmp
     for stage in ("corpus", "train-hard", "train-ls", "generate", "sweep", "best-temperature",
                   "distill", "projection", "fashion", "fig5", "digits", "report"):
         assert json.loads((work / "stages" / f"{stage}.json").read_text())["seconds"] > 0
+    check_report(work)
+    # a re-run finds every stage done and rewrites nothing
+    again = subprocess.run([sys.executable, str(REPO / "scripts" / "demo.py"), str(work),
+                            "--preset", "quick"], cwd=REPO, env=ENV, capture_output=True, text=True)
+    assert again.returncode == 0
+    assert sum("done already" in line for line in again.stdout.splitlines()) == 12
+
+
+def check_report(work: Path) -> None:
+    """report.md's figures exist, its numbers are claims.json's, and claims.json's are the
+    stages' own (spot checks against the stages' JSON, sacrebleu and fairseq-generate)."""
     report = (work / "report.md").read_text()
     assert "QUICK preset" in report
     for link in re.findall(r"\]\(([^)]+\.png)\)", report):
         png = work / link
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", link
-    numbers = []
-    for path in work.rglob("*.json"):
-        json_numbers(json.loads(path.read_text()), numbers)
     claims = json.loads((work / "claims.json").read_text())
     for verdict_path in ("claim1.fashion.verdict", "claim3.bleu_verdict", "claim4.translation.verdict"):
         value = claims
         for key in verdict_path.split("."):
             value = value[key]
         assert value in ("held", "not held", "inconclusive")
-    missing = []
-    for token in decimals_in_report(report):
-        digits = len(token.split(".")[1])
-        if not any(f"{abs(x):.{digits}f}" == token for x in numbers):
-            missing.append(token)
-    assert not missing, f"numbers in report.md found in no JSON file of the run: {missing}"
-    # a re-run finds every stage done and rewrites nothing
-    again = subprocess.run([sys.executable, str(REPO / "scripts" / "demo.py"), str(work),
-                            "--preset", "quick"], cwd=REPO, env=ENV, capture_output=True, text=True)
-    assert again.returncode == 0
-    assert sum("done already" in line for line in again.stdout.splitlines()) == 12
+    # every number of the report is one of claims.json, as printed ...
+    numbers = json_numbers(claims, [])
+    missing = [token for token in decimals_in_report(report)
+               if not any(f"{abs(x):.{len(token.split('.')[1])}f}" == token for x in numbers)]
+    assert not missing, f"numbers in report.md found nowhere in claims.json: {missing}"
+    # ... and claims.json's numbers are those of the stages' own outputs
+    generated = work / "translation" / "generate"
+    hard, ls = (json.loads((generated / f"{n}.json").read_text()) for n in ("hard", "ls"))
+    reference = claims["claim1"]["translation"]["reference"]
+    assert reference["hard"]["value"] == round(hard["ece"], 4)
+    assert reference["hard"]["interval"] == [round(x, 4) for x in hard["intervals"]["ece"]]
+    assert reference["hard_minus_ls"]["value"] == round(hard["ece"] - ls["ece"], 4)
+    assert (claims["claim1"]["translation"]["hypothesis"]["ls"]["value"]
+            == round(ls["hypothesis"]["ece"], 4))
+    fashion = json.loads((work / "vision" / "fashion" / "mlp-ls0" / "metrics.json").read_text())
+    assert claims["claim1"]["fashion"]["hard"]["value"] == round(fashion["final"]["test"]["ece"], 4)
+    assert claims["claim2"]["fashion"]["temperature"] == round(fashion["final"]["temperature"], 3)
+    # BLEU of the translations, against sacrebleu on the raw test references and the BLEU line
+    # fairseq-generate printed
+    import sacrebleu
+    text = (generated / "ls-best-bleu.txt").read_text()
+    hypotheses = dict(re.findall(r"^D-(\d+)\t[^\t]*\t(.*)$", text, re.M))
+    references = (work / "translation" / "corpus" / "raw" / "test.en").read_text().splitlines()
+    bleu = sacrebleu.corpus_bleu([hypotheses[str(i)] for i in range(len(references))],
+                                 [references]).score
+    assert claims["claim3"]["best"]["ls"]["value"] == round(bleu, 2)
+    assert f"BLEU = {bleu:.2f}" in text

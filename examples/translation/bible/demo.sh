@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job of `make demo`: on the offline es->en Bible corpus, train a transformer with hard
+# Paper section 3 as a bash recipe (`make demo` runs scripts/demo.py, which does this and more):
+# on the offline es->en Bible corpus, train a transformer with hard
 # targets and one with label smoothing (alpha = 0.1), both with the stock fairseq-train plus
 # `--user-dir ls_plugins --criterion smoothed_ce`, then measure BLEU and token-level calibration
 # with the stock fairseq-generate (paper section 3, Table 3 and Fig. 3).

@@ -8,7 +8,7 @@
 #   BEAM (4), TEMPERATURES (0.5:2.0:0.125, START:STOP:STEP), TEMPERATURE_BATCH (1: BLEU identical
 #   to fairseq-generate --temperature T; larger is faster).
 # Re-running skips what is done: the corpus, the trained models and the finished sweep points;
-# given the demo's WORKDIR (work/demo) it sweeps the demo's models.
+# given demo.sh's WORKDIR it sweeps demo.sh's models.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 source examples/translation/bible/common.sh
