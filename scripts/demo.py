@@ -379,13 +379,15 @@ class Demo:
                    "--epochs", self.p.fig5_student_epochs)
         for alpha in (0, *self.p.fig5_alphas):
             self.ls_vision(f"fig5/teacher-ls{alpha}", *teacher, "--label-smoothing", alpha)
-        for alpha in self.p.fig5_alphas:
-            self.ls_vision(f"fig5/student-hard-teacher-gamma{alpha}", *student,
-                           "--teacher", fig5 / "teacher-ls0" / "checkpoint.pt",
-                           "--match-gamma", alpha, "--distill-weight", 1)
-            self.ls_vision(f"fig5/student-ls-teacher{alpha}", *student,
+        for alpha in self.p.fig5_alphas:  # the LS teacher's gamma at T = 1, then the hard
+            self.ls_vision(f"fig5/student-ls-teacher{alpha}", *student,  # teacher's T for it
                            "--teacher", fig5 / f"teacher-ls{alpha}" / "checkpoint.pt",
                            "--distill-temperature", 1, "--distill-weight", 1)
+            gamma = read_json(fig5 / f"student-ls-teacher{alpha}" / "metrics.json")["final"][
+                "teacher_gamma"]
+            self.ls_vision(f"fig5/student-hard-teacher-for-ls{alpha}", *student,
+                           "--teacher", fig5 / "teacher-ls0" / "checkpoint.pt",
+                           "--match-gamma", round(gamma, 4), "--distill-weight", 1)
         runs = sorted(str(p) for p in fig5.iterdir() if (p / "metrics.json").exists())
         self.command("fig5-plot", "ls-vision", "plot-fig5", *runs, "--out", fig5 / "fig5.png")
 

@@ -205,7 +205,7 @@ class Vision:
     def claim_distillation(self, alphas) -> dict:
         rows = {}
         for alpha in alphas:
-            hard = self.final(f"fig5/student-hard-teacher-gamma{alpha}")
+            hard = self.final(f"fig5/student-hard-teacher-for-ls{alpha}")
             ls = self.final(f"fig5/student-ls-teacher{alpha}")
             d = difference(hard["test"], ls["test"], "accuracy")
             rows[str(alpha)] = {
@@ -339,7 +339,8 @@ def render(c: dict) -> str:
               f"{fmt(t4['student_of_ls'], 2)}; difference {fmt(t4['hard_minus_ls'], 2)} | "
               f"{t4['verdict']} |"]
     for alpha, row in f4.items():
-        lines.append(f"| 4. same: Fashion-MNIST, γ ≈ {alpha} | Fig. 5: yes | accuracy student of "
+        lines.append(f"| 4. same: Fashion-MNIST, LS teacher α={alpha}, γ {row['ls_teacher_gamma']:.4f} "
+                     f"(hard teacher's {row['hard_teacher_gamma']:.4f}) | Fig. 5: yes | accuracy student of "
                      f"hard {fmt(row['student_of_hard'])} vs of LS {fmt(row['student_of_ls'])}; "
                      f"difference {fmt(row['hard_minus_ls'])} | {row['verdict']} |")
     for split, row in t5["splits"].items():
