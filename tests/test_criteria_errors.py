@@ -61,6 +61,8 @@ def test_hydra_yaml_config_with_bad_label_smoothing(bible, tmp_path):
     (["+criterion.smoothing_prior=bigram"],
      "--smoothing-prior: must be one of uniform, unigram, got 'bigram'"),
     (["+criterion.calibration_bins=0"], "--calibration-bins: must be an integer >= 1, got 0"),
+    (["+criterion.calibration_bootstrap=-1"],
+     "--calibration-bootstrap: must be an integer >= 0, got -1"),
     (["criterion._name=distillation_ce", "+criterion.distill_temperature=0"],
      "--distill-temperature: must be a finite number > 0, got 0.0"),
     (["criterion._name=distillation_ce", "+criterion.teacher_tail=x"],

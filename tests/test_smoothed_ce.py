@@ -193,7 +193,9 @@ except pickle.UnpicklingError as err:
     ("--label-smoothing", "nan", "must be in [0, 1), got nan"),
     ("--smoothing-prior", "bigram", "must be one of uniform, unigram, got 'bigram'"),
     ("--calibration-bins", "0", "must be an integer >= 1, got 0"),
-    ("--ignore-prefix-size", "-1", "must be an integer >= 0, got -1")])
+    ("--ignore-prefix-size", "-1", "must be an integer >= 0, got -1"),
+    ("--calibration-bootstrap", "-1", "must be an integer >= 0, got -1"),
+    ("--calibration-seed", "x", "must be an integer >= 0, got 'x'")])
 def test_bad_options_stop_with_one_line(bible, tmp_path, option, value, message):
     result = run([command("fairseq-train"), bible / "bin", "--user-dir", "ls_plugins", "--arch",
                   "transformer", "--criterion", "smoothed_ce", option, value, "--save-dir",

@@ -23,7 +23,8 @@ Logged (all summable over batches and workers): ``loss`` (per sample_size, base 
 (``-log2 p_y`` per token at T = 1), ``soft_loss`` (``H(p^t(T), p(T))`` per token in bits,
 unscaled: without ``beta`` and ``T**2``), ``teacher_gamma`` (the teacher's equivalent label
 smoothing ``gamma`` on the data seen, derived from summed incorrect mass and token counts) and,
-on validation, ``ece``, ``mce``, ``confidence`` and ``brier`` (as ``smoothed_ce``).
+on validation, ``ece``, ``mce``, ``confidence`` and ``brier`` (as ``smoothed_ce``, with the same
+bootstrap intervals under ``--calibration-bootstrap``).
 """
 import os
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ from ..topk_teacher import TopKTeacher
 from . import fused_output
 from .common import reduce_loss_metrics
 from .guards import check_finite_terms, non_finite_summary, refuse
-from .smoothed_ce import COMMON_CHECKS, LabelSmoothingCriterionBase, check_choice
+from .smoothed_ce import BOOTSTRAP_HELP, COMMON_CHECKS, LabelSmoothingCriterionBase, check_choice
 
 
 @dataclass
@@ -90,6 +91,9 @@ class DistillationCrossEntropyConfig(FairseqDataclass):
     calibration_bins: int = field(
         default=DEFAULT_BINS,
         metadata={"help": "equal-width bins (>= 1) for the token-level ECE logged on validation"})
+    calibration_bootstrap: int = field(default=0, metadata={"help": BOOTSTRAP_HELP})
+    calibration_seed: int = field(
+        default=0, metadata={"help": "seed (>= 0) of the --calibration-bootstrap weights"})
     memory_efficient_output: bool = field(
         default=False, metadata={"help": fused_output.HELP + " (top-k teachers; a dense teacher "
                                                              "falls back to the unfused loss)"})
@@ -130,9 +134,11 @@ class DistillationCrossEntropyCriterion(LabelSmoothingCriterionBase):
                  distill_temperature=1.0, distill_weight=0.5, distill_scale_t2=False,
                  label_smoothing=0.0, report_accuracy=False, ignore_prefix_size=0,
                  calibration_bins=DEFAULT_BINS, train_subset="train", valid_subset="valid",
-                 disable_validation=False, memory_efficient_output=False):
+                 disable_validation=False, memory_efficient_output=False,
+                 calibration_bootstrap=0, calibration_seed=0):
         super().__init__(task, sentence_avg, label_smoothing, report_accuracy,
-                         ignore_prefix_size, calibration_bins, memory_efficient_output)
+                         ignore_prefix_size, calibration_bins, memory_efficient_output,
+                         calibration_bootstrap, calibration_seed)
         self.beta = check_probability("--distill-weight", distill_weight, upper_inclusive=True)
         self.temperature = check_temperature("--distill-temperature", distill_temperature)
         self.scale_by_t2 = bool(distill_scale_t2)

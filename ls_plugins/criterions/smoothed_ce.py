@@ -23,10 +23,16 @@ from ..linear_losses import linear_loss_terms
 from ..losses import check_probability, smoothed_nll_from_lprobs, unigram_prior
 from ..tasks.batching import keep_every_example
 from . import fused_output
-from .common import accuracy_logging_output, calibration_logging_output, reduce_loss_metrics
+from .common import (accuracy_logging_output, calibration_logging_output, reduce_loss_metrics,
+                     sentence_ids)
 from .guards import check_finite_terms, non_finite_summary, refuse, refusing_bad_input
 
 SMOOTHING_PRIORS = ("uniform", "unigram")
+BOOTSTRAP_HELP = (
+    "Poisson-bootstrap replicates (>= 0) over validation sentences for the 95%% intervals of "
+    "ece, nll_loss and (with --report-accuracy) accuracy logged on validation (ece_low/ece_high, "
+    "...); 0 = off (the default: training validates every epoch); fairseq-validate users pass "
+    "e.g. 200")
 
 
 @dataclass
@@ -46,6 +52,9 @@ class SmoothedCrossEntropyConfig(FairseqDataclass):
     calibration_bins: int = field(
         default=DEFAULT_BINS,
         metadata={"help": "equal-width bins (>= 1) for the token-level ECE logged on validation"})
+    calibration_bootstrap: int = field(default=0, metadata={"help": BOOTSTRAP_HELP})
+    calibration_seed: int = field(
+        default=0, metadata={"help": "seed (>= 0) of the --calibration-bootstrap weights"})
     memory_efficient_output: bool = field(default=False, metadata={"help": fused_output.HELP})
     sentence_avg: bool = II("optimization.sentence_avg")
 
@@ -59,17 +68,22 @@ def check_choice(option: str, value, choices) -> str:
 
 
 def validate_common_options(label_smoothing: float, calibration_bins: int,
-                            ignore_prefix_size: int) -> None:
+                            ignore_prefix_size: int, calibration_bootstrap: int = 0,
+                            calibration_seed: int = 0) -> None:
     """The constructor's checks of the options :data:`COMMON_CHECKS` checks while parsing."""
     check_probability("--label-smoothing", label_smoothing, upper_inclusive=False)
     cli.check_int_at_least("--calibration-bins", calibration_bins, 1)
     cli.check_int_at_least("--ignore-prefix-size", ignore_prefix_size, 0)
+    cli.check_int_at_least("--calibration-bootstrap", calibration_bootstrap, 0)
+    cli.check_int_at_least("--calibration-seed", calibration_seed, 0)
 
 
 COMMON_CHECKS = {
     "--label-smoothing": cli.probability("--label-smoothing"),
     "--calibration-bins": cli.int_at_least("--calibration-bins", 1),
     "--ignore-prefix-size": cli.int_at_least("--ignore-prefix-size", 0),
+    "--calibration-bootstrap": cli.int_at_least("--calibration-bootstrap", 0),
+    "--calibration-seed": cli.int_at_least("--calibration-seed", 0),
 }
 
 
@@ -87,15 +101,18 @@ class LabelSmoothingCriterionBase(FairseqCriterion):
 
     def __init__(self, task, sentence_avg, label_smoothing=0.0, report_accuracy=False,
                  ignore_prefix_size=0, calibration_bins=DEFAULT_BINS,
-                 memory_efficient_output=False):
+                 memory_efficient_output=False, calibration_bootstrap=0, calibration_seed=0):
         super().__init__(task)
-        validate_common_options(label_smoothing, calibration_bins, ignore_prefix_size)
+        validate_common_options(label_smoothing, calibration_bins, ignore_prefix_size,
+                                calibration_bootstrap, calibration_seed)
         keep_every_example(task)  # validation statistics over every sentence (tasks/batching.py)
         self.sentence_avg = sentence_avg
         self.alpha = label_smoothing
         self.report_accuracy = report_accuracy
         self.ignore_prefix_size = ignore_prefix_size
         self.calibration_bins = calibration_bins
+        self.calibration_bootstrap = calibration_bootstrap
+        self.calibration_seed = calibration_seed
         self.memory_efficient_output = bool(memory_efficient_output)
 
     def fused_output_layer(self, model):
@@ -129,8 +146,10 @@ class LabelSmoothingCriterionBase(FairseqCriterion):
                     lprobs.argmax(-1) if predicted is None else predicted, target,
                     self.padding_idx))
             if not model.training:
-                output.update(calibration_logging_output(lprobs, target, self.padding_idx,
-                                                         self.calibration_bins))
+                output.update(calibration_logging_output(
+                    lprobs, target, self.padding_idx, self.calibration_bins,
+                    bootstrap=self.calibration_bootstrap, seed=self.calibration_seed,
+                    groups=sentence_ids(sample, target)))
         return sample_size, output
 
     @staticmethod
@@ -142,9 +161,10 @@ class LabelSmoothingCriterionBase(FairseqCriterion):
 class SmoothedCrossEntropyCriterion(LabelSmoothingCriterionBase):
     def __init__(self, task, sentence_avg, label_smoothing=0.0, smoothing_prior="uniform",
                  report_accuracy=False, ignore_prefix_size=0, calibration_bins=DEFAULT_BINS,
-                 memory_efficient_output=False):
+                 memory_efficient_output=False, calibration_bootstrap=0, calibration_seed=0):
         super().__init__(task, sentence_avg, label_smoothing, report_accuracy,
-                         ignore_prefix_size, calibration_bins, memory_efficient_output)
+                         ignore_prefix_size, calibration_bins, memory_efficient_output,
+                         calibration_bootstrap, calibration_seed)
         smoothing_prior = check_choice("--smoothing-prior", smoothing_prior, SMOOTHING_PRIORS)
         prior = None
         if smoothing_prior == "unigram":
