@@ -13,8 +13,9 @@ data with the same seed share their replicate weights, so ``d``'s interval is *p
 - claim 2 ("temperature scaling reaches a similar ECE") is *held* when the interval of
   ``ECE(hard at T*) - ECE(label smoothing)`` lies below ``SIMILAR_ECE`` (scaling is at most that
   much worse, or better), *not held* when it lies above, *inconclusive* otherwise;
-- tightness and mutual information have no interval here (one estimate per model): their rows
-  say *held* / *not held* on the point estimates and are marked so.
+- tightness has a paired interval when the projection wrote bootstrap replicates (both models
+  project the same examples); mutual information has none (one estimate per model and epoch):
+  rows without an interval say *held* / *not held* on the point estimates and are marked so.
 
 Usage: python scripts/demo_report.py WORK
 """
@@ -28,7 +29,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+import torch  # noqa: E402
+
 from ls_plugins import cli  # noqa: E402
+from ls_plugins.bootstrap import percentile_interval  # noqa: E402
 from ls_plugins.bleu_bootstrap import (bleu_with_interval, paired_bleu_interval,  # noqa: E402
                                        read_generate_output, sentence_statistics)
 from ls_plugins.calibration import paired_replicate_interval  # noqa: E402
@@ -168,10 +172,8 @@ class Translation:
         projection = read(self.dir / "projection" / "fig1.json")
         rows = {}
         for split in ("train", "valid"):
-            hard = projection["models"]["hard"][split]["tightness"]
-            ls = projection["models"]["ls"][split]["tightness"]
-            rows[split] = {"hard": r(hard), "ls": r(ls),
-                           "verdict": point_verdict(hard - ls)}
+            rows[split] = tightness_row(projection["models"]["hard"][split],
+                                        projection["models"]["ls"][split])
         return {"tokens": projection["tokens"], "splits": rows}
 
 
@@ -223,8 +225,7 @@ class Vision:
         by_alpha = {run["label_smoothing"]: run["splits"] for run in projection["runs"]}
         splits = {}
         for split in by_alpha[0]:
-            hard, ls = by_alpha[0][split]["tightness"], by_alpha[0.05][split]["tightness"]
-            splits[split] = {"hard": r(hard), "ls": r(ls), "verdict": point_verdict(hard - ls)}
+            splits[split] = tightness_row(by_alpha[0][split], by_alpha[0.05][split])
         mi = {}
         for name, run in (("hard", "fashion/mi-ls0"), ("ls", "fashion/mi-ls0.1")):
             history = read(self.dir / run / "metrics.json")["history"]
@@ -242,6 +243,25 @@ def similar_verdict(interval) -> str:
     if low > SIMILAR_ECE:
         return "not held"
     return "inconclusive"
+
+
+def tightness_row(hard: dict, ls: dict) -> dict:
+    """Tightness of both models (smaller = tighter) and ``hard - ls`` with its paired interval
+    when the projection wrote bootstrap replicates (both models saw the same examples)."""
+    row = {"hard": r(hard["tightness"]), "ls": r(ls["tightness"])}
+    if "tightness_bootstrap" not in hard:
+        return {**row, "verdict": point_verdict(hard["tightness"] - ls["tightness"])}
+    a, b = hard["tightness_bootstrap"], ls["tightness_bootstrap"]
+    if (a["bootstrap"], a["seed"]) != (b["bootstrap"], b["seed"]):
+        raise SystemExit("demo_report: error: tightness replicates of the two models differ in "
+                         "bootstrap or seed; cannot pair them")
+    nan = float("nan")
+    difference = (torch.tensor([nan if x is None else x for x in a["replicates"]], dtype=torch.float64)
+                  - torch.tensor([nan if x is None else x for x in b["replicates"]], dtype=torch.float64))
+    d = with_interval(hard["tightness"] - ls["tightness"], percentile_interval(difference, LEVEL))
+    return {"hard": with_interval(hard["tightness"], hard["tightness_interval"]),
+            "ls": with_interval(ls["tightness"], ls["tightness_interval"]),
+            "hard_minus_ls": d, "verdict": verdict(d["interval"], +1)}
 
 
 def point_verdict(expected_positive: float) -> str:
@@ -280,6 +300,13 @@ def build_claims(work: Path) -> dict:
         "claim5": {"translation": translation.claim_tightness(),
                    "fashion": vision.claim_tightness_and_mi()},
     }
+
+
+def tightness_text(row: dict) -> str:
+    if "hard_minus_ls" not in row:
+        return f"hard {row['hard']:.4f}, LS {row['ls']:.4f}"
+    return (f"hard {fmt(row['hard'])}, LS {fmt(row['ls'])}; difference "
+            f"{fmt(row['hard_minus_ls'])}")
 
 
 def fmt(entry: dict, digits: int = DIGITS) -> str:
@@ -343,12 +370,10 @@ def render(c: dict) -> str:
                      f"(hard teacher's {row['hard_teacher_gamma']:.4f}) | Fig. 5: yes | accuracy student of "
                      f"hard {fmt(row['student_of_hard'])} vs of LS {fmt(row['student_of_ls'])}; "
                      f"difference {fmt(row['hard_minus_ls'])} | {row['verdict']} |")
-    for split, row in t5["splits"].items():
-        lines.append(f"| 5. LS tightens clusters: translation, {split} (smaller = tighter) | "
-                     f"Fig. 1: yes | hard {row['hard']:.4f}, LS {row['ls']:.4f} | {row['verdict']} |")
-    for split, row in f5["splits"].items():
-        lines.append(f"| 5. same: Fashion-MNIST, {split} | Fig. 1: yes | hard {row['hard']:.4f}, "
-                     f"LS {row['ls']:.4f} | {row['verdict']} |")
+    for where, rows in (("translation", t5["splits"]), ("Fashion-MNIST", f5["splits"])):
+        for split, row in rows.items():
+            lines.append(f"| 5. LS tightens clusters: {where}, {split} (smaller = tighter) | "
+                         f"Fig. 1: yes | {tightness_text(row)} | {row['verdict']} |")
     mi = f5["mutual_information"]
     lines += [f"| 5. LS lowers MI(input; logits) late in training: Fashion-MNIST (α=0.1, random "
               f"shifts) | Fig. 6: yes | "
@@ -384,8 +409,8 @@ def details(c: dict) -> list[str]:
              f"{', '.join(t5['tokens'])} (translation) and of the penultimate activations of "
              f"{', '.join(f5['classes'])} (Fashion-MNIST); mutual information per epoch: hard "
              f"{', '.join(f'{x:.4f}' for x in f5['mutual_information']['hard']['curve'])}; LS "
-             f"{', '.join(f'{x:.4f}' for x in f5['mutual_information']['ls']['curve'])}. No "
-             "interval is computed for these.", "",
+             f"{', '.join(f'{x:.4f}' for x in f5['mutual_information']['ls']['curve'])}. The mutual "
+             "information has no interval.", "",
              "## Temperature sweep (Fig. 4, valid)", "",
              "| model | T | BLEU | NLL | ECE (reference) | ECE (hypothesis) |", "|---|---|---|---|---|---|"]
     for name, points in c3["sweep"].items():
