@@ -111,7 +111,7 @@ class Demo:
         self.work, self.preset_name, self.p = work, preset_name, PRESETS[preset_name]
         self.corpus = work / "translation" / "corpus"
         self.data = self.corpus / "bin"
-        self.env = {**os.environ, "PYTHONWARNINGS": "ignore",
+        self.env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1",
                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         self.stages = [
             ("corpus", "translation: the es->en Bible corpus (sentencepiece, fairseq-preprocess)",
