@@ -11,6 +11,9 @@ from ls_plugins import analysis
 from ls_plugins.analysis import (bisect_temperature, cluster_tightness, estimate_mutual_information,
                                  logit_difference, project, template_plane, temperature_for_gamma,
                                  wrong_template_distance_cv)
+from ls_plugins.analysis import projection
+from ls_plugins.analysis.projection import cluster_tightness_replicates, tightness_bootstrap_fields
+from ls_plugins.bootstrap import poisson_weights
 from ls_plugins.losses import incorrect_mass, tempered_probs
 
 
@@ -131,6 +134,69 @@ def test_cluster_tightness_against_a_loop_over_class_pairs(layer):
     assert cluster_tightness(activations, labels) == pytest.approx(within / between, rel=1e-12)
 
 
+def numpy_weighted_tightness(x, y, w):
+    """Weighted cluster tightness by hand: one loop over classes and pairs, one over examples."""
+    present = sorted(set(y.tolist()))
+    if any(w[y == c].sum() == 0 for c in present):
+        return math.nan
+    means = {c: (w[y == c, None] * x[y == c]).sum(axis=0) / w[y == c].sum() for c in present}
+    within = sum(wi * np.sum((xi - means[yi]) ** 2) for xi, yi, wi in zip(x, y, w)) / w.sum()
+    between = np.mean([np.sum((means[a] - means[b]) ** 2)
+                       for a in present for b in present if a != b])
+    return within / between
+
+
+def test_tightness_replicates_against_a_weighted_loop(layer):
+    """Replicate r weighs example i by poisson_weights(seed, ids, B, stream 0)[r, i]: explicit
+    ids (not positions), the stream of calibration's explicit group ids; large offsets in the
+    activations (the per-class shift keeps float64 exact)."""
+    _, _, activations, labels = layer
+    labels = labels % 3  # about 13 examples a class: no class is left out of a replicate
+    activations = activations + 1e3 + 3.0 * labels[:, None]
+    ids = torch.tensor(1000 + 7 * np.arange(40)[::-1].copy())
+    got = cluster_tightness_replicates(activations, labels, ids, 6, 11)
+    weights = poisson_weights(11, ids, 6, 0).numpy()
+    assert not np.allclose(weights, 1.0) and got.shape == (6,)
+    expected = [numpy_weighted_tightness(activations, labels, w) for w in weights]
+    assert np.isfinite(expected).all()
+    assert got.numpy() == pytest.approx(expected, rel=1e-9)
+    assert not torch.equal(got, cluster_tightness_replicates(activations, labels, ids, 6, 12))
+    assert not torch.equal(got, cluster_tightness_replicates(activations, labels, ids + 1, 6, 11))
+
+
+def test_tightness_replicates_with_unit_weights_are_cluster_tightness(layer, monkeypatch):
+    _, _, activations, labels = layer
+    activations = activations + 3.0 * labels[:, None]
+    monkeypatch.setattr(projection, "poisson_weights",
+                        lambda seed, groups, replicates, stream: torch.ones(replicates, len(groups),
+                                                                           dtype=torch.float64))
+    got = cluster_tightness_replicates(activations, labels, torch.arange(40), 3, 0)
+    assert got.tolist() == pytest.approx([cluster_tightness(activations, labels)] * 3, rel=1e-12)
+
+
+def test_tightness_replicate_without_a_class_is_nan_and_left_out_of_the_interval():
+    """A class of one example is absent from the replicates where its weight is 0: those are nan
+    (None in the JSON fields) and the interval is the percentile interval of the others."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(9, 2)) + np.repeat([[0, 0], [4, 0], [0, 4]], [4, 4, 1], axis=0)
+    y = np.repeat([0, 1, 2], [4, 4, 1])
+    ids = torch.arange(9)
+    got = cluster_tightness_replicates(x, y, ids, 40, 5).numpy()
+    weights = poisson_weights(5, ids, 40, 0).numpy()
+    absent = weights[:, 8] == 0
+    assert 0 < absent.sum() < 40
+    assert np.isnan(got[absent]).all() and np.isfinite(got[~absent]).all()
+    assert got[~absent] == pytest.approx([numpy_weighted_tightness(x, y, w) for w in weights[~absent]],
+                                         rel=1e-9)
+    fields = tightness_bootstrap_fields(x, y, ids, 40, 5)
+    assert fields["tightness_interval"] == pytest.approx(
+        np.quantile(got[~absent], [0.025, 0.975]).tolist(), rel=1e-12)
+    assert fields["tightness_bootstrap"]["bootstrap"] == 40 and fields["tightness_bootstrap"]["seed"] == 5
+    replicates = fields["tightness_bootstrap"]["replicates"]
+    assert [v is None for v in replicates] == absent.tolist()
+    assert [v for v in replicates if v is not None] == got[~absent].tolist()
+
+
 def test_wrong_template_distance_cv_against_a_loop(layer):
     weight, bias, activations, labels = layer
     t = numpy_templates(weight, bias)
@@ -191,6 +257,16 @@ def test_examples_on_a_regular_simplex_are_equidistant_from_wrong_templates():
     (lambda w, b, x, y: cluster_tightness(np.where(np.arange(40)[:, None] == 0, np.nan, x), y),
      "activations: must hold finite numbers"),
     (lambda w, b, x, y: cluster_tightness(np.zeros((40, 5)), y), "activations: class means must differ"),
+    (lambda w, b, x, y: cluster_tightness_replicates(x, y, np.arange(39), 5, 0),
+     "ids: must be a 1-D array of 40"),
+    (lambda w, b, x, y: cluster_tightness_replicates(x, y, np.arange(40.0), 5, 0),
+     "ids: must hold integer"),
+    (lambda w, b, x, y: cluster_tightness_replicates(x, y, np.arange(40), 0, 0),
+     "bootstrap: must be an integer >= 1, got 0"),
+    (lambda w, b, x, y: cluster_tightness_replicates(x, y, np.arange(40), 5, -1),
+     "seed: must be an integer >= 0, got -1"),
+    (lambda w, b, x, y: cluster_tightness_replicates(x, np.ones(40, dtype=int), np.arange(40), 5, 0),
+     "labels: must hold at least two distinct classes"),
     (lambda w, b, x, y: wrong_template_distance_cv(x, y, w, b, classes=[0, 1]),
      "classes: must be at least 3 distinct"),
     (lambda w, b, x, y: wrong_template_distance_cv(x, y, w, b, classes=[0, 1, 2]),

@@ -8,7 +8,9 @@ template and *equally distant* from the wrong ones; these functions measure and 
 
 * :func:`template_plane` and :func:`project`: the plane through three classes' templates and the
   orthogonal projection of activations onto it, in the plane's own 2-D coordinates (Fig. 1);
-* :func:`cluster_tightness`: within-class over between-class spread of the activations;
+* :func:`cluster_tightness`: within-class over between-class spread of the activations, and
+  :func:`cluster_tightness_replicates` / :func:`tightness_bootstrap_fields`: its Poisson
+  bootstrap over examples (paired between models that saw the same examples);
 * :func:`wrong_template_distance_cv`: how unequal an example's distances to the wrong
   classes' templates are (0 = equidistant).
 
@@ -17,15 +19,19 @@ Pure torch, computed in float64 on the CPU.  Bad input raises :class:`ls_plugins
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from ..cli import bad_value
+from ..bootstrap import percentile_interval, poisson_weights
+from ..calibration import GROUP_STREAM
+from ..cli import bad_value, check_int_at_least
 from .checks import class_indices, float64_tensor, label_vector
 
 ROWS_PER_CHUNK = 4096  # distances are computed for this many examples at a time
+INTERVAL_LEVEL = 0.95
 
 
 def templates(weight, bias=None) -> Tensor:
@@ -129,6 +135,75 @@ def cluster_tightness(activations, labels) -> float:
         raise bad_value("activations", "class means must differ (between-class spread is 0)",
                         "identical class means")
     return float(within / between)
+
+
+def cluster_tightness_replicates(activations, labels, ids, bootstrap: int, seed: int) -> Tensor:
+    """:func:`cluster_tightness` of each of ``bootstrap`` Poisson-bootstrap replicates: ``(B,)``.
+
+    Example ``i`` gets the weight ``w_ri = poisson_weights(seed, ids, B, GROUP_STREAM)[r, i]``
+    (a pure function of ``(seed, ids[i], r)``: two models measured on the same examples under the
+    same ids and seed get the same weights, so their replicates pair).  Replicate ``r``::
+
+        mu_rc   = sum_{i: y_i = c} w_ri x_i / n_rc,        n_rc = sum_{i: y_i = c} w_ri
+        within  = sum_i w_ri ||x_i - mu_{r,y_i}||^2 / sum_i w_ri
+        between = mean over ordered pairs a != b of ||mu_ra - mu_rb||^2
+        tightness_r = within / between
+
+    over the classes present in ``labels`` (at least two).  A replicate in which one of them has
+    total weight 0 (or whose class means coincide) is nan, which
+    :func:`ls_plugins.bootstrap.percentile_interval` ignores.  With every weight 1 this is
+    :func:`cluster_tightness`.
+
+    Computed from per-class weighted sums, one matrix product per class: with ``x'`` the
+    activations minus their class's (unweighted) mean ``m_c`` (the within-class spread does not
+    change under a per-class shift; the shift keeps float64 from cancelling),
+    ``S_rc = sum w x'``, ``Q_rc = sum w ||x'||^2``, within-class sum ``Q_rc - ||S_rc||^2 / n_rc``
+    and ``mu_rc = m_c + S_rc / n_rc``.
+    """
+    x = float64_tensor("activations", activations, 2)
+    y = label_vector("labels", labels, x.size(0))
+    groups = label_vector("ids", ids, x.size(0))
+    bootstrap = check_int_at_least("bootstrap", bootstrap, 1)
+    seed = check_int_at_least("seed", seed, 0)
+    present, index = torch.unique(y, return_inverse=True)
+    num_present = present.numel()
+    if num_present < 2:
+        raise bad_value("labels", "must hold at least two distinct classes", present.tolist())
+    weights = poisson_weights(seed, groups, bootstrap, GROUP_STREAM)  # B x N
+    counts = torch.empty(bootstrap, num_present, dtype=torch.float64)  # n_rc
+    within = torch.zeros(bootstrap, dtype=torch.float64)  # sum_c (Q_rc - ||S_rc||^2 / n_rc)
+    means = torch.empty(bootstrap, num_present, x.size(1), dtype=torch.float64)  # mu_rc
+    for c in range(num_present):
+        members = (index == c).nonzero().squeeze(1)
+        centre = x[members].mean(dim=0)
+        shifted = x[members] - centre
+        w = weights[:, members]
+        counts[:, c] = w.sum(dim=1)
+        sums = w @ shifted  # S_rc
+        squares = w @ shifted.pow(2).sum(dim=1)  # Q_rc
+        within += squares - sums.pow(2).sum(dim=1) / counts[:, c]
+        means[:, c] = centre + sums / counts[:, c].unsqueeze(1)
+    # as in cluster_tightness: sum over ordered pairs = 2 C sum_a ||mu_a - mean(mu)||^2
+    between = 2.0 * (means - means.mean(dim=1, keepdim=True)).pow(2).sum(dim=(1, 2)) \
+        / (num_present - 1)
+    tightness = within / counts.sum(dim=1) / between
+    missing_class = (counts == 0).any(dim=1)
+    return torch.where(missing_class | (between == 0), torch.nan, tightness)
+
+
+def tightness_bootstrap_fields(activations, labels, ids, bootstrap: int, seed: int) -> dict:
+    """The JSON fields of a tightness's bootstrap, from :func:`cluster_tightness_replicates`:
+    ``{"tightness_interval": [lo, hi] (95% percentile interval, None when every replicate is
+    nan), "tightness_bootstrap": {"bootstrap": B, "seed": S, "paired": True, "replicates":
+    [B values, None for nan]}}``.  ``paired``: the caller measured every model on the same
+    ``ids`` (replicate ``r`` of one model minus replicate ``r`` of another is a replicate of the
+    difference)."""
+    replicates = cluster_tightness_replicates(activations, labels, ids, bootstrap, seed)
+    low, high = percentile_interval(replicates, INTERVAL_LEVEL)
+    return {"tightness_interval": None if math.isnan(low) else [low, high],
+            "tightness_bootstrap": {"bootstrap": bootstrap, "seed": seed, "paired": True,
+                                    "replicates": [None if math.isnan(v) else v
+                                                   for v in replicates.tolist()]}}
 
 
 def wrong_template_distance_cv(activations, labels, weight, bias,
