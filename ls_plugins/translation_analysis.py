@@ -8,7 +8,10 @@
     most ``--max-per-token`` positions per token and split, drawn with ``--seed``: the same
     positions for every model).  Writes the PNG and ``fig1.json`` beside it: per model and split
     the cluster tightness and the wrong-template distance CV (:mod:`ls_plugins.analysis`), and
-    the counts of positions.
+    the counts of positions; with ``--bootstrap B`` (default 200) also each tightness's 95%
+    interval and its ``B`` Poisson-bootstrap replicates over the drawn positions (id: a
+    position's index in the split's draw, the same for every model: replicates pair between
+    models, seeded by ``--bootstrap-seed``).
 
 ``ls-nmt-analysis match-gamma DATA --teacher-path H.pt (--gamma 0.1 | --gamma-from-teacher L.pt)``
     Distillation at equal gamma (Fig. 5): the temperature ``T`` at which the teacher's equivalent
@@ -68,6 +71,12 @@ def build_parser() -> cli.ArgumentParser:
                          default=300, help="positions drawn per token and split (default 300)")
     project.add_argument("--seed", type=cli.int_at_least("--seed", 0), default=1,
                          help="seed of the draw of positions (default 1)")
+    project.add_argument("--bootstrap", type=cli.int_at_least("--bootstrap", 0), default=200,
+                         metavar="B", help="bootstrap replicates of each tightness over the drawn "
+                                           "positions, paired between models (default 200, 0 = "
+                                           "no interval)")
+    project.add_argument("--bootstrap-seed", type=cli.int_at_least("--bootstrap-seed", 0),
+                         default=0, metavar="S", help="seed of the bootstrap weights (default 0)")
     project.add_argument("--cpu", action="store_true", help="use the CPU even if CUDA is available")
     project.add_argument("--out", required=True, metavar="FIG.png",
                          help="the figure; FIG.json beside it gets the numbers")
@@ -174,7 +183,10 @@ def run_project(args) -> None:
                                         "templates)", repr(args.tokens))
     splits = comma_list("--splits", args.splits)
 
+    import torch
+
     from . import analysis, plots
+    from .analysis.projection import tightness_bootstrap_fields
     from .decoder_states import (load_split, reference_positions, sample_positions, states_at,
                                  token_indices)
     from .fairseq_models import load_ensemble, output_projection
@@ -196,6 +208,7 @@ def run_project(args) -> None:
 
     report = {"data": os.path.abspath(args.data), "tokens": [names[t] for t in tokens],
               "token_indices": tokens, "max_per_token": args.max_per_token, "seed": args.seed,
+              "bootstrap_ids": "index of a position in its split's draw, shared by every model",
               "splits": {}, "models": {spec.label: {"path": spec.paths[0]} for spec in specs}}
     panels = {label: {} for label in models}
     for split in splits:
@@ -210,16 +223,22 @@ def run_project(args) -> None:
         report["splits"][split] = {"available": counts, "used": {
             names[t]: int((chosen[:, 2] == t).sum()) for t in tokens}}
         labels = chosen[:, 2]
+        ids = torch.arange(len(chosen))  # bootstrap group of each drawn position, for all models
         for (label, model), states in zip(models.items(),
                                           states_at(list(models.values()), dataset, chosen,
                                                     device=device)):
+            if states.size(0) != len(ids):  # the replicates pair only on the same positions
+                raise RuntimeError(f"{label}: {states.size(0)} hidden states for {len(ids)} "
+                                   f"positions of {split}")
             weight, bias = output_projection(model)
             origin, basis = analysis.template_plane(weight, bias, tokens)
             tightness = analysis.cluster_tightness(states, labels)
-            report["models"][label][split] = {
-                "tightness": tightness,
-                "wrong_template_distance_cv": analysis.wrong_template_distance_cv(
-                    states, labels, weight, bias, classes=tokens)}
+            numbers = report["models"][label][split] = {"tightness": tightness}
+            if args.bootstrap:
+                numbers.update(tightness_bootstrap_fields(states, labels, ids, args.bootstrap,
+                                                          args.bootstrap_seed))
+            numbers["wrong_template_distance_cv"] = analysis.wrong_template_distance_cv(
+                states, labels, weight, bias, classes=tokens)
             panels[label][split] = {
                 "points": analysis.project(states, origin, basis).numpy(),
                 "labels": labels.numpy(), "tightness": tightness,
@@ -228,12 +247,16 @@ def run_project(args) -> None:
                             title="Decoder hidden states on the plane of the templates of "
                                   + ", ".join(names.values()))
     atomic.write_json(json_beside(args.out), report)
-    print(f"{'model':<12} {'split':<8} {'positions':>9} {'tightness':>10} {'wrong-template CV':>18}")
+    print(f"{'model':<12} {'split':<8} {'positions':>9} {'tightness':>10} {'95% interval':>18} "
+          f"{'wrong-template CV':>18}")
     for label in models:
         for split in splits:
             numbers = report["models"][label][split]
+            interval = numbers.get("tightness_interval")
             print(f"{label:<12} {split:<8} {sum(report['splits'][split]['used'].values()):>9} "
-                  f"{numbers['tightness']:>10.4f} {numbers['wrong_template_distance_cv']:>18.4f}")
+                  f"{numbers['tightness']:>10.4f} "
+                  f"{'-' if interval is None else '[{:.4f}, {:.4f}]'.format(*interval):>18} "
+                  f"{numbers['wrong_template_distance_cv']:>18.4f}")
     print(f"figure: {args.out}  numbers: {json_beside(args.out)}")
 
 

@@ -13,6 +13,8 @@ from conftest import command, fairseq_setup, run
 from test_untrusted_checkpoints import assert_refused, malicious_checkpoint
 
 from ls_plugins.analysis import cluster_tightness, wrong_template_distance_cv
+from ls_plugins.analysis.projection import cluster_tightness_replicates
+from ls_plugins.bootstrap import percentile_interval
 from ls_plugins.losses import equivalent_smoothing
 
 TOKENS = ("\u2581the", "\u2581of", "\u2581and")  # as the dictionary writes them
@@ -21,7 +23,8 @@ TOKENS = ("\u2581the", "\u2581of", "\u2581and")  # as the dictionary writes them
 @pytest.fixture(scope="module")
 def reference(bible, ls_checkpoint):
     """fairseq's own loading of the tiny LS model, and per split its teacher-forced decoder
-    states and logits at every non-pad target position, with the targets."""
+    states and logits at every non-pad target position, with the targets (and on valid each
+    position's example id and target column)."""
     from fairseq import checkpoint_utils, tasks
 
     cfg, _, _ = fairseq_setup(bible / "bin")
@@ -33,13 +36,16 @@ def reference(bible, ls_checkpoint):
         task.load_dataset(split)
         itr = task.get_batch_iterator(dataset=task.dataset(split), max_tokens=3000,
                                       required_batch_size_multiple=1).next_epoch_itr(shuffle=False)
-        found = {"states": [], "logits": [], "targets": []}
+        found = {"states": [], "logits": [], "targets": [], "examples": [], "columns": []}
         with torch.no_grad():
             for sample in itr:
                 keep = sample["target"].ne(task.target_dictionary.pad())
                 found["targets"].append(sample["target"][keep])
                 if split == "train":
                     continue
+                rows, columns = keep.nonzero(as_tuple=True)
+                found["examples"].append(sample["id"][rows])
+                found["columns"].append(columns)
                 net_input = sample["net_input"]
                 encoder_out = model.encoder(net_input["src_tokens"],
                                             src_lengths=net_input["src_lengths"])
@@ -70,8 +76,22 @@ def projected(bible, ls_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("project") / "fig1.png"
     result = nmt_analysis("project", bible / "bin", "--model", f"ls={ls_checkpoint}",
                           "--tokens", "the,\u2581of,and", "--splits", "train,valid",
-                          "--max-per-token", "300", "--seed", "3", "--cpu", "--out", out)
+                          "--max-per-token", "300", "--seed", "3", "--bootstrap-seed", "4",
+                          "--cpu", "--out", out)
     return out, json.loads(out.with_suffix(".json").read_text()), result.stdout
+
+
+def valid_in_draw_order(reference, ids):
+    """The reference's valid states and targets at the tokens ``ids``, in the order the command
+    draws them when it keeps every position: token by token, then by example id and column."""
+    valid = reference["valid"]
+    token_rank = torch.full((int(valid["targets"].max()) + 1,), len(ids))
+    token_rank[torch.tensor(ids)] = torch.arange(len(ids))
+    chosen = torch.isin(valid["targets"], torch.tensor(ids)).nonzero().squeeze(1)
+    key = [(int(token_rank[valid["targets"][i]]), int(valid["examples"][i]),
+            int(valid["columns"][i])) for i in chosen]
+    order = chosen[sorted(range(len(chosen)), key=key.__getitem__)]
+    return valid["states"][order], valid["targets"][order]
 
 
 def test_project_tightness_equals_independent_hidden_states(projected, reference):
@@ -95,6 +115,69 @@ def test_project_tightness_equals_independent_hidden_states(projected, reference
     assert f"{numbers['tightness']:.4f}" in stdout
 
 
+def test_project_tightness_interval_is_that_of_its_replicates_over_the_draw(projected, reference):
+    """Default --bootstrap 200: the replicates are those of the independent states weighted by
+    position ids 0..M-1 in draw order (seed 4), the interval their 95% percentile interval."""
+    _, report, stdout = projected
+    ids = [reference["task"].target_dictionary.index(t) for t in TOKENS]
+    states, labels = valid_in_draw_order(reference, ids)
+    numbers = report["models"]["ls"]["valid"]
+    assert numbers["tightness_bootstrap"]["bootstrap"] == 200
+    assert numbers["tightness_bootstrap"]["seed"] == 4 and numbers["tightness_bootstrap"]["paired"]
+    replicates = torch.tensor(numbers["tightness_bootstrap"]["replicates"], dtype=torch.float64)
+    expected = cluster_tightness_replicates(states, labels, torch.arange(len(labels)), 200, 4)
+    assert torch.isfinite(expected).all()
+    assert replicates.tolist() == pytest.approx(expected.tolist(), rel=1e-5)
+    low, high = numbers["tightness_interval"]
+    assert (low, high) == pytest.approx(percentile_interval(expected, 0.95), rel=1e-5)
+    assert low < numbers["tightness"] < high
+    assert f"[{low:.4f}, {high:.4f}]" in stdout
+
+
+@pytest.fixture(scope="module")
+def rescaled_checkpoint(ls_checkpoint, tmp_path_factory):
+    """The LS model with the affine weights of its decoder's last layer norm (the final op of
+    the post-norm layer) multiplied per dimension by ``scale``: its hidden states are the LS
+    model's times ``scale``, another cluster geometry known exactly."""
+    import ls_plugins  # noqa: F401  (allowlists fairseq checkpoints' globals)
+
+    checkpoint = torch.load(ls_checkpoint, weights_only=True)
+    state = checkpoint["model"]
+    scale = torch.linspace(0.2, 3.0, state["decoder.layers.0.final_layer_norm.weight"].numel())
+    for key in ("decoder.layers.0.final_layer_norm.weight", "decoder.layers.0.final_layer_norm.bias"):
+        state[key] = state[key] * scale
+    path = tmp_path_factory.mktemp("rescaled") / "checkpoint_rescaled.pt"
+    torch.save(checkpoint, path)
+    return path, scale
+
+
+def test_project_replicates_of_two_models_pair_on_the_same_positions(bible, ls_checkpoint,
+                                                                     rescaled_checkpoint,
+                                                                     reference, tmp_path):
+    """Replicate r of both models weighs the same positions alike: each model's replicates are
+    those recomputed from its own states with the same ids 0..M-1 and seed."""
+    path, scale = rescaled_checkpoint
+    out = tmp_path / "fig1.png"
+    nmt_analysis("project", bible / "bin", "--model", f"ls={ls_checkpoint}", "--model",
+                 f"scaled={path}", "--tokens", "the,of,and", "--splits", "valid",
+                 "--bootstrap", "40", "--bootstrap-seed", "7", "--cpu", "--out", out)
+    report = json.loads(out.with_suffix(".json").read_text())
+    ids = [reference["task"].target_dictionary.index(t) for t in TOKENS]
+    states, labels = valid_in_draw_order(reference, ids)
+    positions = torch.arange(len(labels))
+    found = {}
+    for label, model_states in (("ls", states), ("scaled", states * scale)):
+        numbers = report["models"][label]["valid"]
+        assert numbers["tightness"] == pytest.approx(cluster_tightness(model_states, labels), rel=1e-5)
+        bootstrap = numbers["tightness_bootstrap"]
+        assert (bootstrap["bootstrap"], bootstrap["seed"], bootstrap["paired"]) == (40, 7, True)
+        found[label] = torch.tensor(bootstrap["replicates"], dtype=torch.float64)
+        expected = cluster_tightness_replicates(model_states, labels, positions, 40, 7)
+        assert found[label].tolist() == pytest.approx(expected.tolist(), rel=1e-5)
+    assert report["models"]["ls"]["valid"]["tightness"] != pytest.approx(
+        report["models"]["scaled"]["valid"]["tightness"], rel=1e-2)  # premise: two geometries
+
+
 def test_project_draws_at_most_max_per_token_on_train(projected, reference):
     """Train holds more than 300 of each token: 300 are drawn, from the right population."""
     _, report, _ = projected
@@ -115,16 +198,21 @@ def test_project_writes_a_png_with_one_panel_per_split(projected):
     assert width > 1.2 * height  # one row (one model), two columns (train, valid)
 
 
-@pytest.mark.parametrize("tokens,words", [
-    ("the,of,zzqx", ["--tokens", "'zzqx'", "target dictionary"]),
-    ("the,\u2581the,of", ["--tokens", "distinct dictionary symbols"]),
-    ("the,of", ["--tokens", "three"]),
+@pytest.mark.parametrize("options,words", [
+    (["--tokens", "the,of,zzqx"], ["--tokens", "'zzqx'", "target dictionary"]),
+    (["--tokens", "the,\u2581the,of"], ["--tokens", "distinct dictionary symbols"]),
+    (["--tokens", "the,of"], ["--tokens", "three"]),
+    (["--bootstrap", "-1"], ["--bootstrap: must be an integer >= 0, got -1"]),
+    (["--bootstrap", "2.5"], ["--bootstrap: must be an integer >= 0, got '2.5'"]),
+    (["--bootstrap-seed", "-3"], ["--bootstrap-seed: must be an integer >= 0, got -3"]),
 ])
-def test_project_bad_tokens_one_line_nothing_written(bible, ls_checkpoint, tmp_path, tokens, words):
+def test_project_bad_options_one_line_nothing_written(bible, ls_checkpoint, tmp_path, options,
+                                                      words):
+    """``options`` come last: a repeated option's last value is the one argparse keeps."""
     out = tmp_path / "fig.png"
     result = nmt_analysis("project", bible / "bin", "--model", f"ls={ls_checkpoint}",
-                          "--tokens", tokens, "--splits", "valid", "--cpu", "--out", out,
-                          check=False)
+                          "--tokens", "the,of,and", "--splits", "valid", "--cpu", "--out", out,
+                          *options, check=False)
     one_error_line(result, "ls-nmt-analysis project: error:", *words)
     assert list(tmp_path.iterdir()) == []
 
