@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from ls_plugins import losses
+from ls_plugins.analysis.projection import cluster_tightness_replicates
+from ls_plugins.bootstrap import percentile_interval
 from ls_plugins.vision import command_line, data, models, probes, train
 
 DIGITS = ["--dataset", "digits", "--quiet"]
@@ -262,7 +264,7 @@ def test_project_writes_fig1_numbers_and_panels(runs, tmp_path, monkeypatch):
     out = tmp_path / "figures" / "fig1.png"
     dirs = [runs["hard"][0], runs["smooth"][0]]
     assert train.main(["project", *map(str, dirs), "--classes", "3,8,5", "--out", str(out),
-                       "--max-per-class", "30"]) == 0
+                       "--max-per-class", "30", "--bootstrap-seed", "3"]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
     with open(tmp_path / "figures" / "fig1.json", encoding="utf-8") as handle:
         numbers = json.load(handle)
@@ -276,7 +278,7 @@ def test_project_writes_fig1_numbers_and_panels(runs, tmp_path, monkeypatch):
         bias = model.last_layer.bias.detach().double().numpy()
         origin, basis = numpy_plane(weight, bias, [3, 8, 5])
         for split, dataset in (("training", splits.train), ("validation", splits.val)):
-            keep = [i for i in range(len(dataset)) if dataset[i][1] in (3, 8, 5)]
+            keep = [i for i in range(len(dataset)) if dataset[i][1] in (3, 8, 5)]  # bootstrap ids
             images = torch.stack([dataset[i][0] for i in keep])
             y = np.array([dataset[i][1] for i in keep])
             with torch.no_grad():
@@ -284,6 +286,15 @@ def test_project_writes_fig1_numbers_and_panels(runs, tmp_path, monkeypatch):
             got = result["splits"][split]
             assert got["examples"] == {str(c): int((y == c).sum()) for c in (3, 8, 5)}
             assert got["tightness"] == pytest.approx(numpy_tightness(x, y), rel=1e-9)
+            # default --bootstrap 200; ids: the index in the split, so both runs' replicates
+            # use the same weights and pair
+            replicates = cluster_tightness_replicates(x, y, torch.tensor(keep), 200, 3)
+            assert torch.isfinite(replicates).all()
+            assert got["tightness_bootstrap"] == {"bootstrap": 200, "seed": 3, "paired": True,
+                                                  "replicates": pytest.approx(replicates.tolist(),
+                                                                              rel=1e-9)}
+            assert got["tightness_interval"] == pytest.approx(
+                list(percentile_interval(replicates, 0.95)), rel=1e-9)
             cv = got["wrong_template_distance_cv"]
             assert cv["all_classes"] == pytest.approx(numpy_wrong_template_cv(x, y, weight, bias, range(K)), rel=1e-9)
             assert cv["three_classes"] == pytest.approx(numpy_wrong_template_cv(x, y, weight, bias, [3, 8, 5]), rel=1e-9)
@@ -298,6 +309,15 @@ def test_project_writes_fig1_numbers_and_panels(runs, tmp_path, monkeypatch):
                 assert np.allclose(points[nearest], point, atol=1e-9) and y[nearest] == label
             templates = (np.hstack([weight, bias[:, None]])[[3, 8, 5]] - origin) @ basis.T
             assert np.allclose(panel["templates"], templates, atol=1e-9)
+    assert numbers["bootstrap_ids"] == "index of an example in its split, shared by every run"
+    train.main(["project", *map(str, dirs), "--classes", "3,8,5", "--out", str(tmp_path / "f.png"),
+                "--bootstrap", "0"])
+    with open(tmp_path / "f.json", encoding="utf-8") as handle:
+        without = json.load(handle)
+    for result, plain in zip(numbers["runs"], without["runs"]):  # --bootstrap 0: no interval
+        for split in ("training", "validation"):
+            assert plain["splits"][split]["tightness"] == result["splits"][split]["tightness"]
+            assert {"tightness_interval", "tightness_bootstrap"}.isdisjoint(plain["splits"][split])
 
 
 def test_label_smoothing_gives_tighter_training_clusters_on_digits(tmp_path):
@@ -445,6 +465,12 @@ BAD_COMMANDS = {
                                           "got {k100} (100)"),
     "project: max-per-class 0": (["project", "{hard}", "--classes", "0,2,6", "--out", "{out}", "--max-per-class", "0"],
                                  "ls-vision project: error: --max-per-class: must be an integer >= 1, got 0"),
+    "project: negative bootstrap": (["project", "{hard}", "--classes", "0,2,6", "--out", "{out}", "--bootstrap", "-1"],
+                                    "ls-vision project: error: --bootstrap: must be an integer >= 0, got -1"),
+    "project: bootstrap not an integer": (["project", "{hard}", "--classes", "0,2,6", "--out", "{out}", "--bootstrap", "many"],
+                                          "ls-vision project: error: --bootstrap: must be an integer >= 0, got 'many'"),
+    "project: negative bootstrap seed": (["project", "{hard}", "--classes", "0,2,6", "--out", "{out}", "--bootstrap-seed=-2"],
+                                         "ls-vision project: error: --bootstrap-seed: must be an integer >= 0, got -2"),
     "project: out a directory": (["project", "{hard}", "--classes", "0,2,6", "--out", "{empty}"],
                                  "ls-vision project: error: --out: must name a file, got {empty} (a directory)"),
     "project: out below a file": (["project", "{hard}", "--classes", "0,2,6", "--out", "{file}/fig1.png"],

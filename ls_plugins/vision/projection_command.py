@@ -9,6 +9,9 @@ of every example of the three classes, and with them (:mod:`ls_plugins.analysis`
 
 * ``tightness``: ``cluster_tightness`` of the activations (within-class over between-class
   spread; smaller = tighter clusters), over **all** examples of the three classes in the split;
+  with ``--bootstrap B`` (default 200, 0 = off) its 95% interval ``tightness_interval`` and the
+  ``B`` Poisson-bootstrap replicates ``tightness_bootstrap`` (an example's id: its index in the
+  split, the same for every run, so the replicates of two runs pair; ``--bootstrap-seed``);
 * ``tightness_in_plane``: the same of the projected points;
 * ``wrong_template_distance_cv``: how unequal each example's distances to the wrong classes'
   templates are (0 = equidistant), over the templates of all ``K`` classes and of the three;
@@ -32,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ls_plugins import analysis, cli
 from ls_plugins.analysis.checks import class_indices
+from ls_plugins.analysis.projection import tightness_bootstrap_fields
 from ls_plugins.atomic import write_json
 from ls_plugins.vision import checkpointing, data, report
 from ls_plugins.vision.report import CHECKPOINT, PROG
@@ -67,6 +71,11 @@ def get_parser() -> cli.ArgumentParser:
     parser.add_argument("--max-per-class", type=cli.int_at_least("--max-per-class", 1),
                         default=300, help="examples drawn per class and split (the numbers use "
                                           "all of them)")
+    parser.add_argument("--bootstrap", type=cli.int_at_least("--bootstrap", 0), default=200,
+                        metavar="B", help="bootstrap replicates of each tightness over the examples, "
+                                          "paired between runs (default 200, 0 = no interval)")
+    parser.add_argument("--bootstrap-seed", type=cli.int_at_least("--bootstrap-seed", 0), default=0,
+                        metavar="S", help="seed of the bootstrap weights (default 0)")
     parser.add_argument("--data-dir", help="where the data set is (default: the first run's)")
     parser.add_argument("--batch-size", type=cli.int_at_least("--batch-size", 1), default=256)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -103,11 +112,13 @@ def load_splits(checkpoint: dict, data_dir: Optional[str]) -> data.Splits:
         raise cli.UsageError(str(error)) from None
 
 
-def three_class_examples(split: Dataset, classes: list[int]) -> Dataset:
-    """The examples of ``split`` whose label is one of ``classes``, in split order."""
+def three_class_examples(split: Dataset, classes: list[int]) -> tuple[Dataset, Tensor]:
+    """The examples of ``split`` whose label is one of ``classes``, in split order, and their
+    indices in ``split`` (their bootstrap ids)."""
     labels = data.labels_of(split)
-    keep = torch.isin(labels, torch.tensor(classes)).nonzero().flatten().tolist()
-    return data.TransformedSubset(split.base, [split.indices[i] for i in keep], split.transform)
+    keep = torch.isin(labels, torch.tensor(classes)).nonzero().flatten()
+    return (data.TransformedSubset(split.base, [split.indices[i] for i in keep.tolist()],
+                                   split.transform), keep)
 
 
 @torch.inference_mode()
@@ -133,8 +144,9 @@ def drawn_examples(labels: Tensor, classes: list[int], cap: int) -> Tensor:
 
 
 def measure(model: nn.Module, activations: Tensor, labels: Tensor, classes: list[int],
-            drawn: Tensor) -> tuple[dict, dict]:
-    """``(numbers for the JSON, panel for plots.projection_figure)`` of one run and split."""
+            drawn: Tensor, ids: Tensor, args: argparse.Namespace) -> tuple[dict, dict]:
+    """``(numbers for the JSON, panel for plots.projection_figure)`` of one run and split;
+    ``ids``: each example's bootstrap id (``args.bootstrap`` replicates, 0 = none)."""
     weight, bias = model.last_layer.weight.detach().cpu(), model.last_layer.bias
     bias = None if bias is None else bias.detach().cpu()
     origin, basis = analysis.template_plane(weight, bias, classes)
@@ -145,6 +157,8 @@ def measure(model: nn.Module, activations: Tensor, labels: Tensor, classes: list
         "examples": {str(c): int((labels == c).sum()) for c in classes},
         "drawn": len(drawn),
         "tightness": tightness,
+        **(tightness_bootstrap_fields(activations, labels, ids, args.bootstrap, args.bootstrap_seed)
+           if args.bootstrap else {}),
         "tightness_in_plane": analysis.cluster_tightness(points, labels),
         "wrong_template_distance_cv": {
             "all_classes": analysis.wrong_template_distance_cv(activations, labels, weight, bias),
@@ -185,7 +199,8 @@ def run(args: argparse.Namespace) -> None:
     classes = class_indices("--classes", args.classes, first["num_classes"], exactly=3)
     splits = load_splits(first, args.data_dir)
     datasets = {"training": three_class_examples(data.without_augmentation(splits), classes),
-                "validation": three_class_examples(splits.val, classes)}
+                "validation": three_class_examples(splits.val, classes)}  # (examples, ids)
+    split_labels = {split: data.labels_of(dataset) for split, (dataset, _) in datasets.items()}
     device = torch.device(args.device)
     names = list(splits.class_names) or [str(k) for k in range(first["num_classes"])]
     panels, results, taken = {}, [], set()
@@ -193,12 +208,14 @@ def run(args: argparse.Namespace) -> None:
         label = row_label(path, checkpoint, taken)
         taken.add(label)
         panels[label], numbers = {}, {}
-        for split, dataset in datasets.items():
+        for split, (dataset, ids) in datasets.items():
             activations, labels = penultimate(model, dataset, args.batch_size, device)
+            if not torch.equal(labels, split_labels[split].to(labels.dtype)):  # pairing: same ids
+                raise RuntimeError(f"{path}: the {split} examples came in another order")
             drawn = drawn_examples(labels, classes, args.max_per_class)
             try:
                 numbers[split], panels[label][split] = measure(model.cpu(), activations, labels,
-                                                               classes, drawn)
+                                                               classes, drawn, ids, args)
             except cli.UsageError as error:  # e.g. templates on one line, identical class means
                 reason = str(error).partition(": ")[2]
                 raise cli.UsageError(f"--classes: {reason} ({path}, {split} split)") from None
@@ -218,11 +235,14 @@ def run(args: argparse.Namespace) -> None:
         "splits": {"training": "training split, evaluation transform (no augmentation)",
                    "validation": "validation split"},
         "numbers_over": "all examples of the three classes in each split",
+        "bootstrap_ids": "index of an example in its split, shared by every run",
         "max_drawn_per_class": args.max_per_class, "runs": results})
     for result in results:
         for split in SPLITS:
             numbers = result["splits"][split]
-            print(f"{result['label']:40} {split:10} tightness {numbers['tightness']:.4f}  "
+            interval = numbers.get("tightness_interval")
+            print(f"{result['label']:40} {split:10} tightness {numbers['tightness']:.4f}"
+                  f"{'' if interval is None else ' [{:.4f}, {:.4f}]'.format(*interval)}  "
                   f"equidistance cv (all classes) "
                   f"{numbers['wrong_template_distance_cv']['all_classes']:.4f}")
     print(f"{PROG} project: wrote {args.out} and {json_path}")
