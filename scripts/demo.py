@@ -337,8 +337,8 @@ class Demo:
                      "--model", f"hard={self.checkpoint('hard')}",
                      "--model", f"ls={self.checkpoint('ls')}", "--tokens", "the,of,and",
                      "--splits", "train,valid", "--max-per-token", self.p.projection_per_token,
-                     "--seed", SEED, "--cpu",
-                     "--out", self.work / "translation" / "projection" / "fig1.png")
+                     "--seed", SEED, "--bootstrap", self.p.bootstrap, "--bootstrap-seed", SEED,
+                     "--cpu", "--out", self.work / "translation" / "projection" / "fig1.png")
 
     # -- vision -------------------------------------------------------------------------------
     def ls_vision(self, run: str, *options) -> None:
@@ -367,7 +367,8 @@ class Demo:
         self.command("fashion-plots", "ls-vision", "plot", *runs,
                      "--out", vision / "reliability.png", "--title", "MLP / Fashion-MNIST (test)")
         self.command("fashion-plots", "ls-vision", "project", *runs, "--classes", "0,2,6",
-                     "--max-per-class", 300, "--out", vision / "fig1.png")
+                     "--max-per-class", 300, "--bootstrap", self.p.bootstrap,
+                     "--bootstrap-seed", SEED, "--out", vision / "fig1.png")
         self.command("fashion-plots", "ls-vision", "plot-mi", vision / "mi-ls0",
                      vision / "mi-ls0.1", "--out", vision / "fig6.png")
 
