@@ -335,7 +335,7 @@ class Demo:
         (self.work / "translation" / "projection").mkdir(parents=True, exist_ok=True)
         self.command("projection", "ls-nmt-analysis", "project", self.data,
                      "--model", f"hard={self.checkpoint('hard')}",
-                     "--model", f"ls={self.checkpoint('ls')}", "--tokens", "the,of,and",
+                     "--model", f"ls={self.checkpoint('ls')}", "--tokens", "▁the,▁of,▁and",
                      "--splits", "train,valid", "--max-per-token", self.p.projection_per_token,
                      "--seed", SEED, "--bootstrap", self.p.bootstrap, "--bootstrap-seed", SEED,
                      "--cpu", "--out", self.work / "translation" / "projection" / "fig1.png")
