@@ -49,6 +49,18 @@ def fairseq_train(data, save_dir, *extra, max_update=60, user_dir="ls_plugins") 
                 "--max-update", str(max_update), "--save-dir", save_dir, *extra])
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one intra-op thread for a module (``pytestmark =
+    pytest.mark.usefixtures("one_torch_thread")``): tiny models gain nothing from intra-op
+    threads, which spin badly on a loaded CPU."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def bible(tmp_path_factory) -> Path:
     """A prepared corpus: raw/, spm/, spm.model and bin/ (fairseq binarised, joined dictionary)."""

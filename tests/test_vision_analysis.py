@@ -19,12 +19,7 @@ DIGITS = ["--dataset", "digits", "--quiet"]
 K = 10
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run(output_dir, *extra):

@@ -14,12 +14,7 @@ import torch
 from ls_plugins.vision import command_line, data, models, train
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_checkpoint(path, num_classes):

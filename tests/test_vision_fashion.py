@@ -15,17 +15,9 @@ from ls_plugins.vision import data, models, train
 
 FILES = {split: [os.path.join(data.FASHION_MNIST_DIR, name + ".gz") for name in names]
          for split, names in data.FASHION_MNIST_FILES.items()}
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.skipif(
     not all(os.path.isfile(path) for paths in FILES.values() for path in paths),
-    reason=f"Debian's dataset-fashion-mnist is not installed ({data.FASHION_MNIST_DIR})")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    reason=f"Debian's dataset-fashion-mnist is not installed ({data.FASHION_MNIST_DIR})")]
 
 
 def raw_bytes(path):

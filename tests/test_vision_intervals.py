@@ -21,12 +21,7 @@ DIGITS = ["--dataset", "digits", "--model", "smallcnn", "--quiet", "--epochs", "
           "--eval-batch-size", str(EVAL_BATCH)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run(argv):

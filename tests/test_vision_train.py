@@ -19,13 +19,7 @@ DIGITS = ["--dataset", "digits", "--model", "smallcnn", "--quiet"]
 TIMING = set(train.TIMING_KEYS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, which spin badly on a loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run(output_dir, *extra):
