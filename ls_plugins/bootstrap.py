@@ -69,6 +69,14 @@ def poisson_weights(seed: int, groups: Tensor, replicates: int, stream: int = 0)
     return torch.from_numpy(weights).to(torch.float64)
 
 
+def paired_difference_interval(a, b, level: float) -> tuple[float, float]:
+    """:func:`percentile_interval` of ``a[r] - b[r]`` over paired replicates ``r`` (sequences of
+    floats as read back from JSON: ``None``, an empty replicate, is left out like nan)."""
+    def values(replicates) -> Tensor:
+        return torch.tensor([math.nan if x is None else x for x in replicates], dtype=torch.float64)
+    return percentile_interval(values(a) - values(b), level)
+
+
 def percentile_interval(values: Tensor, level: float) -> tuple[float, float]:
     """The ``(1 - level)/2`` and ``(1 + level)/2`` quantiles of ``values`` (linear interpolation,
     numpy's default), ignoring nan replicates (those with no data); nan when all are nan."""

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .alignment import hypothesis_correctness  # noqa: F401  (public API, DESIGN.md)
-from .bootstrap import percentile_interval, poisson_weights
+from .bootstrap import paired_difference_interval, percentile_interval, poisson_weights
 from .calibration_fit import TemperatureFit, fit_temperature, flatten_predictions  # noqa: F401
 from .calibration_bins import (DEFAULT_BINS, METRICS, bin_edges, bin_index,  # noqa: F401
                                bin_sums, check_bins, class_bin_sums, ece_from_bin_sums,
@@ -437,7 +437,5 @@ def paired_replicate_interval(a: dict, b: dict, metric: str = "ece",
     for name in ("bootstrap", "seed"):
         if a.get(name) is None or a.get(name) != b.get(name):
             raise bad_value("b", f"must be paired with a: same {name} ({a.get(name)})", b.get(name))
-    nan = float("nan")
-    values = [[nan if x is None else x for x in d["replicates"][metric]] for d in (a, b)]
-    difference = torch.tensor(values[0], dtype=torch.float64) - torch.tensor(values[1], dtype=torch.float64)
-    return percentile_interval(difference, check_open_unit("level", level))
+    return paired_difference_interval(a["replicates"][metric], b["replicates"][metric],
+                                      check_open_unit("level", level))

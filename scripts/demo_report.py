@@ -29,10 +29,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-import torch  # noqa: E402
-
 from ls_plugins import cli  # noqa: E402
-from ls_plugins.bootstrap import percentile_interval  # noqa: E402
+from ls_plugins.bootstrap import paired_difference_interval  # noqa: E402
 from ls_plugins.bleu_bootstrap import (bleu_with_interval, paired_bleu_interval,  # noqa: E402
                                        read_generate_output, sentence_statistics)
 from ls_plugins.calibration import paired_replicate_interval  # noqa: E402
@@ -255,10 +253,8 @@ def tightness_row(hard: dict, ls: dict) -> dict:
     if (a["bootstrap"], a["seed"]) != (b["bootstrap"], b["seed"]):
         raise SystemExit("demo_report: error: tightness replicates of the two models differ in "
                          "bootstrap or seed; cannot pair them")
-    nan = float("nan")
-    difference = (torch.tensor([nan if x is None else x for x in a["replicates"]], dtype=torch.float64)
-                  - torch.tensor([nan if x is None else x for x in b["replicates"]], dtype=torch.float64))
-    d = with_interval(hard["tightness"] - ls["tightness"], percentile_interval(difference, LEVEL))
+    d = with_interval(hard["tightness"] - ls["tightness"],
+                      paired_difference_interval(a["replicates"], b["replicates"], LEVEL))
     return {"hard": with_interval(hard["tightness"], hard["tightness_interval"]),
             "ls": with_interval(ls["tightness"], ls["tightness_interval"]),
             "hard_minus_ls": d, "verdict": verdict(d["interval"], +1)}
